@@ -1,0 +1,43 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# vhost-net-zc: the user-facing targets. Kbuild reads ./Kbuild (not this file) when it
+# builds the module, so this Makefile is free for the project's own commands.
+#
+#   make run     set up the host, build the kernel (cached) and module, boot, demonstrate
+#   make check   the same set-up, then lints and the full selftest suite in the VM
+#   make module  build the module against the cached kernel (CLIPPY=1 for clippy)
+#   make clean   remove module build products (the kernel cache stays)
+
+ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
+SHELL := /bin/bash
+
+.PHONY: all run check setup kernel module lint selftests clean
+
+all: module
+
+setup:
+	@bash $(ROOT)/scripts/setup-host.sh
+
+kernel: setup
+	@bash $(ROOT)/scripts/kernel.sh >/dev/null
+
+module: kernel
+	@bash $(ROOT)/scripts/build-module.sh
+
+lint: kernel
+	@bash $(ROOT)/scripts/lint.sh
+
+selftests: kernel
+	@bash $(ROOT)/scripts/build-selftests.sh
+
+run: module selftests
+	@bash $(ROOT)/scripts/run.sh
+
+check: lint module selftests
+	@bash $(ROOT)/scripts/check.sh
+
+clean:
+	@bash -c '. $(ROOT)/scripts/lib.sh; kdir=$$(vnzc_kdir); \
+	  if [ -d "$$kdir" ]; then $(MAKE) -s -C "$$kdir" M=$(ROOT) LLVM=1 clean; fi'
+	@$(MAKE) -s -C $(ROOT)/selftests clean
+	@rm -f $(ROOT)/rust/bindings_generated.rs

@@ -1,0 +1,29 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The header bindgen reads for vhost-net-zc's FFI layer (rust/ffi.rs): the vhost core's
+ * private header, the vhost and virtio UAPI, tun/tap and skb zero-copy, plus the module's C
+ * helpers. Only the items allowlisted in Kbuild are generated.
+ *
+ * The ioctl numbers are function-like macros, which bindgen cannot expand; they are
+ * evaluated here as constants so the Rust side uses the kernel's own values.
+ */
+#include <linux/if_tun.h>
+#include <linux/if_tap.h>
+#include <linux/skbuff.h>
+#include <linux/virtio_net.h>
+#include <uapi/linux/vhost.h>
+
+#include "vhost.h"
+
+#include "helpers.h"
+
+const unsigned int VNZC_VHOST_GET_FEATURES = VHOST_GET_FEATURES;
+const unsigned int VNZC_VHOST_SET_FEATURES = VHOST_SET_FEATURES;
+const unsigned int VNZC_VHOST_GET_FEATURES_ARRAY = VHOST_GET_FEATURES_ARRAY;
+const unsigned int VNZC_VHOST_SET_FEATURES_ARRAY = VHOST_SET_FEATURES_ARRAY;
+const unsigned int VNZC_VHOST_GET_BACKEND_FEATURES = VHOST_GET_BACKEND_FEATURES;
+const unsigned int VNZC_VHOST_SET_BACKEND_FEATURES = VHOST_SET_BACKEND_FEATURES;
+const unsigned int VNZC_VHOST_SET_OWNER = VHOST_SET_OWNER;
+const unsigned int VNZC_VHOST_RESET_OWNER = VHOST_RESET_OWNER;
+const unsigned int VNZC_VHOST_NET_SET_BACKEND = VHOST_NET_SET_BACKEND;
+const unsigned int VNZC_VIRTIO_FEATURES_U64S = VIRTIO_FEATURES_U64S;

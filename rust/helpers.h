@@ -1,0 +1,19 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * C helpers for vhost-net-zc: out-of-line versions of the vhost core's static inlines and
+ * macros, which Rust cannot call directly. Nothing here holds logic of its own.
+ */
+#ifndef _VNZC_HELPERS_H
+#define _VNZC_HELPERS_H
+
+#include <linux/types.h>
+
+struct vhost_virtqueue;
+
+void *vnzc_vq_get_backend(struct vhost_virtqueue *vq);
+void vnzc_vq_set_backend(struct vhost_virtqueue *vq, void *private_data);
+bool vnzc_vq_has_feature(struct vhost_virtqueue *vq, int bit);
+bool vnzc_vq_backend_has_feature(struct vhost_virtqueue *vq, int bit);
+void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg);
+
+#endif /* _VNZC_HELPERS_H */

@@ -1,0 +1,149 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! vhost-net-zc: vhost-net whose zero-copy TX buffers have a deadline.
+//!
+//! A guest's virtio-net TX buffers are sent zero-copy: the guest's pages go into the skb and
+//! the descriptor is returned only when the skb is freed. Stock vhost-net waits for such an
+//! skb without bound on every backend change, owner reset and close. This module gives every
+//! outstanding zero-copy buffer a deadline; on a reset, buffers past it have their guest pages
+//! offlined (detached from the VMM's address space, the in-flight skb keeping the old pages)
+//! and are returned, so a reset ends in bounded time and no guest data is lost.
+//!
+//! The device, `/dev/vhost-net-zc`, speaks the vhost-net ioctl ABI and builds on the vhost
+//! core (`vhost.ko`). Layers, bottom up:
+//! - [`ffi`]: bindgen declarations for the vhost core, generated from the target tree;
+//! - [`uapi`]: the ioctl numbers and feature bits;
+//! - [`net`]: the misc device and its ioctls.
+//!
+//! See `Documentation/vhost-net-zc.rst` for the administrator's view.
+
+mod ffi;
+mod net;
+mod uapi;
+
+use kernel::{
+    miscdevice::{
+        MiscDeviceOptions,
+        MiscDeviceRegistration, //
+    },
+    prelude::*,
+};
+
+module! {
+    type: VhostNetZcModule,
+    name: "vhost_net_zc",
+    authors: ["The vhost-net-zc developers"],
+    description: "vhost-net with bounded-time reset of stalled zero-copy TX",
+    license: "GPL",
+    params: {
+        zcopy_tx: bool {
+            default: true,
+            description: "Send TX buffers at or above copy_threshold zero-copy (default: true)",
+        },
+        copy_threshold: u32 {
+            default: 256,
+            description: "Smallest TX buffer in bytes sent zero-copy (64..=65536, default: 256)",
+        },
+        timeout_ms: u32 {
+            default: 1000,
+            description: "Default deadline in ms of a zero-copy TX buffer (1..=600000, default: 1000)",
+        },
+    },
+}
+
+/// Accepted range of `copy_threshold`: below 64 bytes the per-buffer completion costs more
+/// than the copy; a buffer above 64 KiB does not exist in virtio-net.
+const COPY_THRESHOLD_RANGE: core::ops::RangeInclusive<u32> = 64..=65536;
+/// Accepted range of `timeout_ms`: at least 1 ms, at most 10 minutes.
+const TIMEOUT_MS_RANGE: core::ops::RangeInclusive<u32> = 1..=600_000;
+
+/// The module: the registration of `/dev/vhost-net-zc`.
+#[pin_data]
+struct VhostNetZcModule {
+    #[pin]
+    _misc: MiscDeviceRegistration<net::VhostNetZc>,
+}
+
+/// Checks that module parameter `name` lies in `range`.
+///
+/// # Errors
+///
+/// `EINVAL`, with a log line naming the parameter, when `value` is out of `range`.
+fn check_range(name: &str, value: u32, range: &core::ops::RangeInclusive<u32>) -> Result {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    pr_err!(
+        "{}={} out of range {}..={}\n",
+        name,
+        value,
+        range.start(),
+        range.end()
+    );
+    Err(EINVAL)
+}
+
+/// Checks the module parameters.
+///
+/// # Errors
+///
+/// `EINVAL` when a parameter is out of its range (see [`check_range`]).
+fn check_params() -> Result {
+    check_range(
+        "copy_threshold",
+        module_parameters::copy_threshold.value(),
+        &COPY_THRESHOLD_RANGE,
+    )?;
+    check_range(
+        "timeout_ms",
+        module_parameters::timeout_ms.value(),
+        &TIMEOUT_MS_RANGE,
+    )
+}
+
+impl kernel::InPlaceModule for VhostNetZcModule {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        let options = MiscDeviceOptions {
+            name: c"vhost-net-zc",
+        };
+        let params = check_params();
+        try_pin_init!(Self {
+            _misc <- {
+                params?;
+                MiscDeviceRegistration::register(options)
+            },
+        })
+        .pin_chain(|_| {
+            pr_info!(
+                "/dev/vhost-net-zc ready (zcopy_tx={} copy_threshold={} timeout_ms={})\n",
+                module_parameters::zcopy_tx.value(),
+                module_parameters::copy_threshold.value(),
+                module_parameters::timeout_ms.value()
+            );
+            Ok(())
+        })
+    }
+}
+
+#[kunit_tests(vhost_net_zc_params)]
+mod tests {
+    use super::*;
+
+    /// Each bound of each range at N-1, N and N+1.
+    #[test]
+    fn param_ranges() {
+        let cases: [(&core::ops::RangeInclusive<u32>, u32, bool); 8] = [
+            (&COPY_THRESHOLD_RANGE, 63, false),
+            (&COPY_THRESHOLD_RANGE, 64, true),
+            (&COPY_THRESHOLD_RANGE, 65536, true),
+            (&COPY_THRESHOLD_RANGE, 65537, false),
+            (&TIMEOUT_MS_RANGE, 0, false),
+            (&TIMEOUT_MS_RANGE, 1, true),
+            (&TIMEOUT_MS_RANGE, 600_000, true),
+            (&TIMEOUT_MS_RANGE, 600_001, false),
+        ];
+        for (range, value, ok) in cases {
+            assert_eq!(check_range("kunit", value, range).is_ok(), ok);
+        }
+    }
+}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Build the selftests against the test kernel's UAPI headers (installed once into the kernel
+# cache) and its kselftest harness.
+set -euo pipefail
+VNZC_TAG=selftests
+. "$(dirname "$0")/lib.sh"
+
+kdir=$(vnzc_kdir)
+uapi=$kdir/../uapi
+if [ ! -f "$uapi/include/linux/vhost.h" ]; then
+	rm -rf "$uapi.tmp"
+	make -s -C "$kdir" headers_install INSTALL_HDR_PATH="$uapi.tmp" >/dev/null
+	mv "$uapi.tmp" "$uapi"
+fi
+# The userspace programs use the host's gcc and libc: the VM runs the host's root file system.
+make -s -C "$VNZC_ROOT/selftests" KDIR="$kdir" UAPI="$uapi" CC=gcc LLVM= all
+make -s -C "$VNZC_ROOT/samples" UAPI="$uapi" CC=gcc LLVM= all

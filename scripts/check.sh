@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Boot the test kernel and run the selftest suite in it (selftests/run_vm.sh). The suite's
+# KTAP goes to the terminal and to a result file; the verdict is counted here from that file,
+# so a VM that dies or hangs part way fails the run too. Ends with the summary line
+# "N passed, N failed, N skipped"; the exit status is the verdict.
+set -euo pipefail
+VNZC_TAG=check
+. "$(dirname "$0")/lib.sh"
+
+kdir=$(vnzc_kdir)
+results=$VNZC_ROOT/.results/check-$(date +%Y%m%d-%H%M%S)
+mkdir -p "$results"
+# Whole-suite bound: a hang in the kernel under test must fail the run, not stall it.
+limit=${VNZC_CHECK_TIMEOUT:-1800}
+
+start=$(date +%s)
+set +e
+timeout -k 10 "$limit" bash "$VNZC_ROOT/scripts/vm.sh" "$kdir" \
+	"VNZC_INJECT_FAILURE=${VNZC_INJECT_FAILURE:-0} bash $VNZC_ROOT/selftests/run_vm.sh $results $kdir" \
+	2>"$results/vm.stderr"
+vm_rc=$?
+set -e
+elapsed=$(( $(date +%s) - start ))
+
+ktap=$results/ktap
+pass=0 fail=0 skip=0 planned=0
+if [ -f "$ktap" ]; then
+	planned=$(sed -n 's/^1\.\.\([0-9]\+\)$/\1/p' "$ktap" | head -n 1)
+	planned=${planned:-0}
+	skip=$(grep -cE '^ok [0-9]+ .*# SKIP' "$ktap" || true)
+	pass=$(( $(grep -cE '^ok [0-9]+ ' "$ktap" || true) - skip ))
+	fail=$(grep -cE '^not ok [0-9]+ ' "$ktap" || true)
+fi
+seen=$(( pass + fail + skip ))
+if [ "$vm_rc" -ne 0 ]; then
+	vnzc_log "the VM exited with status $vm_rc (124: the ${limit}s bound); last lines of its stderr:"
+	tail -n 20 "$results/vm.stderr" >&2 || true
+fi
+if [ "$seen" -ne "$planned" ] || [ "$planned" -eq 0 ]; then
+	vnzc_log "the suite reported $seen of $planned planned tests: counting the rest as failed"
+	fail=$(( fail + (planned > seen ? planned - seen : 1) ))
+fi
+vnzc_log "VM run took ${elapsed}s; results in $results"
+echo "${pass} passed, ${fail} failed, ${skip} skipped"
+[ "$fail" -eq 0 ] && [ "$vm_rc" -eq 0 ]

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Fetch, configure and build the vhost-net-zc test kernel, cached outside the repository in
+# $VNZC_CACHE/kernel/<package version>-<config hash>/linux. A cached tree is reused as is;
+# prints the tree's path on stdout.
+set -euo pipefail
+VNZC_TAG=kernel
+. "$(dirname "$0")/lib.sh"
+
+key=$(vnzc_kernel_key)
+top=$VNZC_CACHE/kernel/$key
+kdir=$top/linux
+mkdir -p "$top"
+
+# One kernel build at a time on this machine (2 cores): wait for another to finish.
+exec 9>"$VNZC_CACHE/kernel/.lock"
+flock 9
+
+if [ -f "$top/.built" ]; then
+	printf '%s\n' "$kdir"
+	exit 0
+fi
+
+fetch_source() {
+	local dl=$VNZC_CACHE/src ver deb
+	mkdir -p "$dl"
+	ver=$(apt-cache policy "$VNZC_KPKG" | awk '/Candidate:/ {print $2}')
+	deb=$(ls "$dl"/"${VNZC_KPKG}_${ver/*:/}"_all.deb 2>/dev/null || true)
+	if [ -z "$deb" ]; then
+		vnzc_log "downloading $VNZC_KPKG $ver"
+		(cd "$dl" && chmod 777 . && apt-get download -q "$VNZC_KPKG=$ver" >/dev/null)
+		deb=$(ls "$dl"/"${VNZC_KPKG}"_*_all.deb | head -n 1)
+	fi
+	rm -rf "$top/pkg" "$kdir"
+	dpkg -x "$deb" "$top/pkg"
+	vnzc_log "unpacking the source"
+	mkdir -p "$kdir"
+	tar -xf "$top"/pkg/usr/src/"$VNZC_KPKG".tar.* -C "$kdir" --strip-components=1
+	rm -rf "$top/pkg"
+}
+
+# Every line of the fragment must have survived olddefconfig, or the kernel is not the one
+# the tests assume.
+check_config() {
+	local bad=0 line sym want got
+	while IFS= read -r line; do
+		case "$line" in
+		CONFIG_*=*)
+			sym=${line%%=*}; want=${line#*=}
+			got=$(grep -E "^$sym=" "$kdir/.config" | cut -d= -f2- || true)
+			[ "$got" = "$want" ] || { vnzc_log "config: $sym=$want requested, got '${got:-unset}'"; bad=1; }
+			;;
+		"# CONFIG_"*" is not set")
+			sym=${line#\# }; sym=${sym%% *}
+			grep -qE "^$sym=[ym]" "$kdir/.config" && { vnzc_log "config: $sym should be unset"; bad=1; }
+			;;
+		esac
+	done <"$VNZC_ROOT/.config.fragment"
+	[ "$bad" = 0 ] || vnzc_die "the fragment did not apply; see above"
+}
+
+[ -f "$kdir/Makefile" ] || fetch_source
+
+cd "$kdir"
+# >>> config recipe (part of the cache key)
+KCONFIG_ALLCONFIG="$VNZC_ROOT/.config.fragment" make -s LLVM=1 allnoconfig
+make -s LLVM=1 olddefconfig
+# <<< config recipe
+check_config
+
+vnzc_log "building $key with $(nproc) jobs (a fresh build takes a while)"
+start=$(date +%s)
+if ! make -s LLVM=1 -j"$(nproc)" bzImage modules >"$top/build.log" 2>&1; then
+	tail -n 40 "$top/build.log" >&2
+	vnzc_die "kernel build failed; full log: $top/build.log"
+fi
+# The kernel's own vhost-net test program, built from this tree (not copied).
+make -s -C tools/virtio vhost_net_test >>"$top/build.log" 2>&1 ||
+	vnzc_log "warning: tools/virtio/vhost_net_test did not build (see $top/build.log)"
+echo $(( $(date +%s) - start )) >"$top/.build-seconds"
+vnzc_log "kernel built in $(cat "$top/.build-seconds") s"
+touch "$top/.built"
+printf '%s\n' "$kdir"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# The lint gate of `make check`: rustfmt with the kernel's configuration over the crate
+# (`make rustfmtcheck` skips M= modules), then the module built with clippy and W=e.
+set -euo pipefail
+VNZC_TAG=lint
+. "$(dirname "$0")/lib.sh"
+
+kdir=$(vnzc_kdir)
+mapfile -t files < <(cd "$VNZC_ROOT" && git ls-files 'rust/*.rs' 2>/dev/null ||
+		     ls rust/*.rs)
+files=("${files[@]/#/$VNZC_ROOT/}")
+if ! rustfmt --check --edition 2021 --config-path "$kdir/.rustfmt.toml" "${files[@]}"; then
+	vnzc_die "rustfmt: the crate is not formatted (run: rustfmt --config-path $kdir/.rustfmt.toml rust/*.rs)"
+fi
+vnzc_log "rustfmt clean"
+if ! bash "$VNZC_ROOT/scripts/build-module.sh" CLIPPY=1 W=e; then
+	vnzc_die "clippy / W=e build failed"
+fi
+vnzc_log "clippy W=e clean"

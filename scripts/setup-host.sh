@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# Install what building and testing vhost-net-zc needs on a Debian 12 (bookworm) host.
+# Idempotent: a second run with everything present only checks and returns.
+#
+# Suites: bookworm-backports supplies clang/lld/llvm 19 and qemu-system-x86 (the host's
+# qemu-utils already comes from there); trixie-backports supplies only the kernel source,
+# fetched with `apt-get download` and pinned to priority 1 so that nothing is ever installed
+# from it (installing from trixie would replace this machine's libc).
+set -euo pipefail
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+need_root() {
+	if [ "$(id -u)" -ne 0 ]; then
+		log "must run as root (apt-get, modules, /dev/kvm); re-run with sudo"
+		exit 1
+	fi
+}
+
+# The mirror the host already uses, read from its own apt configuration so that no host
+# name is written into this project.
+debian_mirror() {
+	local uri
+	uri=$(grep -hE '^URIs:' /etc/apt/sources.list.d/*.sources 2>/dev/null |
+	      awk '{print $2}' | grep -v -- '-security' | head -n 1 || true)
+	if [ -z "$uri" ]; then
+		uri=$(grep -hE '^deb ' /etc/apt/sources.list 2>/dev/null |
+		      awk '{print $2}' | grep -v -- '-security' | head -n 1 || true)
+	fi
+	[ -n "$uri" ] || { log "cannot find the Debian mirror in /etc/apt"; exit 1; }
+	printf '%s\n' "$uri"
+}
+
+add_suites() {
+	local f=/etc/apt/sources.list.d/vhost-net-zc.sources mirror changed=0
+	mirror=$(debian_mirror)
+	if [ ! -f "$f" ]; then
+		cat >"$f" <<EOT
+# Added by vhost-net-zc scripts/setup-host.sh
+Types: deb
+URIs: $mirror
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $mirror
+Suites: trixie-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOT
+		changed=1
+	fi
+	local p=/etc/apt/preferences.d/vhost-net-zc-trixie
+	if [ ! -f "$p" ]; then
+		cat >"$p" <<EOT
+# Added by vhost-net-zc: trixie-backports is only for 'apt-get download linux-source-*'.
+Package: *
+Pin: release n=trixie-backports
+Pin-Priority: 1
+EOT
+		changed=1
+	fi
+	if [ "$changed" = 1 ] || [ ! -d /var/lib/apt/lists ] ||
+	   ! ls /var/lib/apt/lists/*trixie-backports*Packages >/dev/null 2>&1; then
+		log "apt-get update"
+		apt-get update -qq
+	fi
+}
+
+APT_PKGS=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev
+	  cpio rsync kmod busybox-static iproute2 udev python3-pip dwarves zstd xz-utils
+	  make gcc libc6-dev pkg-config file)
+BPO_PKGS=(qemu-system-x86)
+
+install_apt() {
+	local missing=() p
+	for p in "${APT_PKGS[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+	done
+	if [ "${#missing[@]}" -gt 0 ]; then
+		log "installing: ${missing[*]}"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
+			--no-install-recommends "${missing[@]}" >/dev/null
+	fi
+	missing=()
+	for p in "${BPO_PKGS[@]}"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+	done
+	if [ "${#missing[@]}" -gt 0 ]; then
+		log "installing from bookworm-backports: ${missing[*]}"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
+			--no-install-recommends "${missing[@]}" >/dev/null
+	fi
+}
+
+install_rust() {
+	export PATH="$HOME/.cargo/bin:$PATH"
+	command -v rustup >/dev/null || { log "rustup not found: this host needs the Rust toolchain"; exit 1; }
+	if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+		log "rustup component add rust-src"
+		rustup component add rust-src >/dev/null
+	fi
+	if ! command -v bindgen >/dev/null; then
+		log "cargo install bindgen-cli (a few minutes)"
+		LIBCLANG_PATH=/usr/lib/llvm-19/lib cargo install bindgen-cli --locked --quiet
+	fi
+}
+
+install_vng() {
+	if ! command -v vng >/dev/null; then
+		log "pip install virtme-ng"
+		pip install --quiet --root-user-action=ignore virtme-ng
+	fi
+}
+
+start_udev() {
+	# virtme-ng names its virtio-serial ports through udev; without a running udevd the
+	# guest's console output is lost.
+	if ! pgrep -x systemd-udevd >/dev/null 2>&1; then
+		if [ -x /lib/systemd/systemd-udevd ]; then
+			/lib/systemd/systemd-udevd --daemon >/dev/null 2>&1 || true
+			udevadm trigger >/dev/null 2>&1 || true
+			udevadm settle -t 10 >/dev/null 2>&1 || true
+		fi
+	fi
+}
+
+need_root
+add_suites
+install_apt
+install_rust
+install_vng
+start_udev
+log "host ready"

@@ -1,0 +1,113 @@
+# SPDX-License-Identifier: GPL-2.0
+#
+# Helpers for scripts that run inside the test VM: KTAP output and kernel module loading.
+# Sourced by run_vm.sh and the demo; expects KDIR (the test kernel tree) and KTAP (the
+# result file) to be set.
+
+VNZC_TESTS_RUN=0
+
+# ktap LINE: one line of the result stream, to the terminal and to the result file.
+ktap() {
+	printf '%s\n' "$*"
+	printf '%s\n' "$*" >>"$KTAP"
+}
+
+ktap_diag() {
+	local line
+	while IFS= read -r line; do
+		ktap "# $line"
+	done
+}
+
+# ktap_result ok|fail|skip NAME [REASON]
+ktap_result() {
+	VNZC_TESTS_RUN=$((VNZC_TESTS_RUN + 1))
+	case "$1" in
+	ok) ktap "ok $VNZC_TESTS_RUN $2" ;;
+	skip) ktap "ok $VNZC_TESTS_RUN $2 # SKIP ${3:-}" ;;
+	*) ktap "not ok $VNZC_TESTS_RUN $2${3:+ # $3}" ;;
+	esac
+}
+
+# run_case NAME FUNCTION: a shell test; the function's output becomes diagnostics, its
+# status the result (0 pass, 4 skip as in kselftest, anything else fail).
+run_case() {
+	local name=$1 fn=$2 out rc last
+	out=$(mktemp)
+	"$fn" >"$out" 2>&1
+	rc=$?
+	ktap_diag <"$out"
+	last=$(tail -n 1 "$out")
+	rm -f "$out"
+	case $rc in
+	0) ktap_result ok "$name" ;;
+	4) ktap_result skip "$name" "$last" ;;
+	*) ktap_result fail "$name" ;;
+	esac
+}
+
+# run_harness PROGRAM: a kselftest_harness program; each of its test cases becomes a test
+# point of ours, named PROGRAM:CASE. A program that dies before reporting every case it
+# planned adds a failed point.
+run_harness() {
+	local prog=$1 out rc line planned=0 seen=0 base
+	base=$(basename "$prog")
+	out=$(mktemp)
+	timeout -k 5 "${VNZC_HARNESS_TIMEOUT:-300}" "$prog" >"$out" 2>&1
+	rc=$?
+	while IFS= read -r line; do
+		case "$line" in
+		1..*) planned=${line#1..} ;;
+		"ok "[0-9]*|"not ok "[0-9]*)
+			seen=$((seen + 1))
+			local verdict=ok rest
+			[ "${line#not }" != "$line" ] && { verdict=fail; line=${line#not }; }
+			rest=${line#ok }
+			rest=${rest#* }
+			if [ "$verdict" = ok ] && [ "${rest%%# SKIP*}" != "$rest" ]; then
+				ktap_result skip "$base:${rest%% # SKIP*}" "${rest#*# SKIP}"
+			else
+				ktap_result "$verdict" "$base:$rest"
+			fi
+			;;
+		*) ktap "# $line" ;;
+		esac
+	done <"$out"
+	rm -f "$out"
+	if [ "$seen" -ne "$planned" ] || [ "$planned" -eq 0 ] || { [ "$rc" -ne 0 ] && [ "$rc" -ne 1 ] && [ "$rc" -ne 4 ]; }; then
+		ktap_result fail "$base" "exit status $rc, $seen of $planned cases reported"
+	fi
+}
+
+# The .ko of module NAME in the test kernel tree (or the project for vhost_net_zc).
+kmod_path() {
+	local name=${1//-/_} rel
+	rel=$(grep -E "(^|/)$name\.o$" "$KDIR/modules.order" | head -n 1)
+	[ -n "$rel" ] || return 1
+	printf '%s/%s\n' "$KDIR" "${rel%.o}.ko"
+}
+
+kmod_loaded() {
+	[ -d "/sys/module/${1//-/_}" ]
+}
+
+# kmod_load NAME [PARAMS...]: load a module of the test kernel with its dependencies.
+kmod_load() {
+	local name=$1 path dep
+	shift
+	kmod_loaded "$name" && return 0
+	path=$(kmod_path "$name") || { echo "no module $name in $KDIR"; return 1; }
+	for dep in $(modinfo -F depends "$path" | tr ',' ' '); do
+		kmod_load "$dep" || return 1
+	done
+	insmod "$path" "$@"
+}
+
+# kmod_load_zc [PARAMS...]: load vhost_net_zc.ko from the project after its dependencies.
+kmod_load_zc() {
+	local dep
+	for dep in $(modinfo -F depends "$VNZC_KO" | tr ',' ' '); do
+		kmod_load "$dep" || return 1
+	done
+	insmod "$VNZC_KO" "$@"
+}

@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# The vhost-net-zc selftest suite, run inside the test VM as root:
+#   run_vm.sh RESULT_DIR KDIR
+# Prints KTAP and writes it to RESULT_DIR/ktap. Every run ends by checking the kernel log:
+# any WARN, BUG, KASAN, lockdep, hung-task or Rust panic line fails the run.
+set -u
+
+RESULTS=$1
+KDIR=$2
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TESTS=$ROOT/selftests
+KTAP=$RESULTS/ktap
+VNZC_KO=$ROOT/vhost_net_zc.ko
+: >"$KTAP"
+. "$TESTS/lib_vm.sh"
+
+ktap "TAP version 13"
+ktap "# vhost-net-zc selftests on $(uname -r), $(nproc) CPUs"
+
+mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
+[ -w /sys/kernel/debug/kmemleak ] && echo clear >/sys/kernel/debug/kmemleak
+
+# The stock modules the suite compares against, and tap's.
+for m in vhost_net tun; do
+	kmod_load "$m" || ktap "# could not load $m"
+done
+
+t_module_load() {
+	kmod_load_zc || return 1
+	[ -c /dev/vhost-net-zc ] || { echo "/dev/vhost-net-zc missing"; return 1; }
+	local major
+	major=$(stat -c '%t' /dev/vhost-net-zc)
+	[ "$((16#$major))" -eq 10 ] || { echo "major $major is not misc (10)"; return 1; }
+	dmesg | grep -q 'vhost_net_zc: /dev/vhost-net-zc ready' ||
+		{ echo "no load line in dmesg"; return 1; }
+}
+
+t_modinfo() {
+	local p
+	modinfo "$VNZC_KO" | grep -E '^(license|description|parm|depends):'
+	for p in zcopy_tx copy_threshold timeout_ms; do
+		modinfo -F parm "$VNZC_KO" | grep -q "^$p:" || { echo "parameter $p missing"; return 1; }
+	done
+	[ "$(modinfo -F license "$VNZC_KO")" = GPL ]
+}
+
+# A parameter out of range: the load fails with EINVAL and the log names the parameter.
+t_bad_params() {
+	local bad rc=0 out
+	rmmod vhost_net_zc 2>/dev/null
+	for bad in timeout_ms=0 timeout_ms=600001 copy_threshold=63 copy_threshold=65537; do
+		if out=$(kmod_load_zc "$bad" 2>&1); then
+			echo "loaded with $bad"
+			rmmod vhost_net_zc
+			rc=1
+			continue
+		fi
+		echo "$bad: $out"
+		echo "$out" | grep -q 'Invalid argument' || { echo "not EINVAL"; rc=1; }
+		dmesg | grep -q "vhost_net_zc: ${bad%=*}=${bad#*=} out of range" ||
+			{ echo "no dmesg line for $bad"; rc=1; }
+	done
+	kmod_load_zc timeout_ms=600000 copy_threshold=64 || { echo "limits rejected"; rc=1; }
+	rmmod vhost_net_zc || rc=1
+	kmod_load_zc || rc=1
+	return $rc
+}
+
+# The module's KUnit suites ran when it was loaded; their KTAP is in the kernel log.
+t_kunit() {
+	local log suites=0 bad=0 s
+	log=$(dmesg --notime 2>/dev/null || dmesg)
+	for s in vhost_net_zc_params vhost_net_zc_uapi; do
+		local res
+		res=$(echo "$log" | grep -E "^\s*(not )?ok [0-9]+ $s\$" | tail -n 1)
+		echo "$s: ${res:-no result}"
+		case "$res" in
+		*"not ok"*) bad=1 ;;
+		*ok*) suites=$((suites + 1)) ;;
+		*) bad=1 ;;
+		esac
+	done
+	echo "$log" | grep -E '^\s+(not )?ok [0-9]+ [a-z_]+$' | sed 's/^ */case: /'
+	[ "$bad" -eq 0 ] && [ "$suites" -eq 2 ]
+}
+
+t_unload() {
+	rmmod vhost_net_zc || return 1
+	[ ! -e /dev/vhost-net-zc ] || { echo "/dev/vhost-net-zc still present"; return 1; }
+	kmod_loaded vhost_net_zc && { echo "still loaded"; return 1; }
+	return 0
+}
+
+# Load and unload repeatedly, with a device open in between each time.
+t_reload_cycles() {
+	local i
+	for i in 1 2 3 4 5; do
+		kmod_load_zc || return 1
+		exec 7<>/dev/vhost-net-zc || return 1
+		rmmod vhost_net_zc 2>/dev/null && { echo "rmmod succeeded with a file open"; return 1; }
+		exec 7>&-
+		rmmod vhost_net_zc || return 1
+	done
+	echo "5 cycles, rmmod refused while open"
+}
+
+t_kmemleak() {
+	local f=/sys/kernel/debug/kmemleak
+	[ -w $f ] || { echo "kmemleak not available"; return 4; }
+	# Objects must stay unreferenced for two scans (and their minimum age) to be reported.
+	echo scan >$f; sleep 6; echo scan >$f
+	if grep -q unreferenced $f; then
+		grep -A12 unreferenced $f | head -n 60
+		return 1
+	fi
+	echo "no leaks"
+}
+
+t_dmesg() {
+	local pat='WARNING:|BUG:|KASAN|UBSAN|possible circular locking|possible recursive locking|inconsistent lock state|lockdep|blocked for more than|panicked at|Oops|general protection|kernel BUG|suspected memory leak|Call Trace'
+	if dmesg | grep -E "$pat"; then
+		dmesg | grep -E -B5 -A30 "$pat" | head -n 120
+		return 1
+	fi
+	echo "kernel log clean"
+}
+
+run_case module_load t_module_load
+run_case modinfo t_modinfo
+run_case bad_params t_bad_params
+run_case kunit t_kunit
+run_harness "$TESTS/vnzc_features"
+run_harness "$TESTS/vnzc_datapath"
+run_case unload t_unload
+run_case reload_cycles t_reload_cycles
+if [ "${VNZC_INJECT_FAILURE:-0}" = 1 ]; then
+	run_case injected_failure false
+fi
+run_case kmemleak t_kmemleak
+run_case dmesg_clean t_dmesg
+
+ktap "1..$VNZC_TESTS_RUN"

@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * A userspace guest for vhost-net devices: see vhost_guest.h.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <linux/if_tun.h>
+
+#include "vhost_guest.h"
+
+static int vg_ioctl(int fd, unsigned long req, void *arg)
+{
+	return ioctl(fd, req, arg) < 0 ? -errno : 0;
+}
+
+int vg_open(struct vg_guest *g, const char *dev, size_t mem_size)
+{
+	memset(g, 0, sizeof(*g));
+	for (int i = 0; i < VG_NVQS; i++)
+		g->vq[i].kick_fd = g->vq[i].call_fd = g->vq[i].err_fd = -1;
+	g->fd = open(dev, O_RDWR | O_CLOEXEC);
+	if (g->fd < 0)
+		return -errno;
+	g->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		      -1, 0);
+	if (g->mem == MAP_FAILED) {
+		int e = -errno;
+
+		close(g->fd);
+		g->fd = -1;
+		g->mem = NULL;
+		return e;
+	}
+	g->mem_size = mem_size;
+	return 0;
+}
+
+void vg_close(struct vg_guest *g)
+{
+	for (int i = 0; i < VG_NVQS; i++) {
+		if (g->vq[i].kick_fd >= 0)
+			close(g->vq[i].kick_fd);
+		if (g->vq[i].call_fd >= 0)
+			close(g->vq[i].call_fd);
+		if (g->vq[i].err_fd >= 0)
+			close(g->vq[i].err_fd);
+	}
+	if (g->fd >= 0)
+		close(g->fd);
+	if (g->mem)
+		munmap(g->mem, g->mem_size);
+	memset(g, 0, sizeof(*g));
+	g->fd = -1;
+}
+
+void *vg_alloc(struct vg_guest *g, size_t size, size_t align)
+{
+	size_t off = (g->mem_used + align - 1) & ~(align - 1);
+
+	if (off > g->mem_size || size > g->mem_size - off)
+		return NULL;
+	g->mem_used = off + size;
+	return g->mem + off;
+}
+
+uint64_t vg_gpa(const struct vg_guest *g, const void *hva)
+{
+	return VG_GPA_BASE + (uint64_t)((const uint8_t *)hva - g->mem);
+}
+
+int vg_get_features(struct vg_guest *g, uint64_t *features)
+{
+	return vg_ioctl(g->fd, VHOST_GET_FEATURES, features);
+}
+
+int vg_set_owner(struct vg_guest *g)
+{
+	return vg_ioctl(g->fd, VHOST_SET_OWNER, NULL);
+}
+
+int vg_set_features(struct vg_guest *g, uint64_t features)
+{
+	return vg_ioctl(g->fd, VHOST_SET_FEATURES, &features);
+}
+
+int vg_set_mem_table(struct vg_guest *g)
+{
+	struct {
+		struct vhost_memory hdr;
+		struct vhost_memory_region region;
+	} m;
+
+	memset(&m, 0, sizeof(m));
+	m.hdr.nregions = 1;
+	m.region.guest_phys_addr = VG_GPA_BASE;
+	m.region.memory_size = g->mem_size;
+	m.region.userspace_addr = (uint64_t)(uintptr_t)g->mem;
+	return vg_ioctl(g->fd, VHOST_SET_MEM_TABLE, &m);
+}
+
+int vg_setup_vq(struct vg_guest *g, unsigned int idx, unsigned int num)
+{
+	struct vg_vq *vq = &g->vq[idx];
+	struct vhost_vring_state state = { .index = idx };
+	struct vhost_vring_addr addr = { .index = idx };
+	struct vhost_vring_file file = { .index = idx };
+	int r;
+
+	vq->num = num;
+	vq->desc = vg_alloc(g, sizeof(*vq->desc) * num, 16);
+	vq->avail = vg_alloc(g, sizeof(*vq->avail) + sizeof(uint16_t) * (num + 1), 2);
+	vq->used = vg_alloc(g, sizeof(*vq->used) + sizeof(struct vring_used_elem) * num +
+				sizeof(uint16_t), 4);
+	if (!vq->desc || !vq->avail || !vq->used)
+		return -ENOMEM;
+
+	state.num = num;
+	r = vg_ioctl(g->fd, VHOST_SET_VRING_NUM, &state);
+	if (r)
+		return r;
+	state.num = 0;
+	r = vg_ioctl(g->fd, VHOST_SET_VRING_BASE, &state);
+	if (r)
+		return r;
+	/* The vring addresses are the VMM's virtual addresses. */
+	addr.desc_user_addr = (uint64_t)(uintptr_t)vq->desc;
+	addr.avail_user_addr = (uint64_t)(uintptr_t)vq->avail;
+	addr.used_user_addr = (uint64_t)(uintptr_t)vq->used;
+	r = vg_ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr);
+	if (r)
+		return r;
+
+	vq->kick_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	vq->call_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	vq->err_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (vq->kick_fd < 0 || vq->call_fd < 0 || vq->err_fd < 0)
+		return -errno;
+	file.fd = vq->kick_fd;
+	r = vg_ioctl(g->fd, VHOST_SET_VRING_KICK, &file);
+	if (r)
+		return r;
+	file.fd = vq->call_fd;
+	r = vg_ioctl(g->fd, VHOST_SET_VRING_CALL, &file);
+	if (r)
+		return r;
+	file.fd = vq->err_fd;
+	return vg_ioctl(g->fd, VHOST_SET_VRING_ERR, &file);
+}
+
+int vg_set_backend(struct vg_guest *g, unsigned int idx, int fd)
+{
+	struct vhost_vring_file file = { .index = idx, .fd = fd };
+
+	return vg_ioctl(g->fd, VHOST_NET_SET_BACKEND, &file);
+}
+
+int vg_setup(struct vg_guest *g, uint64_t features, unsigned int num)
+{
+	int r = vg_set_owner(g);
+
+	if (!r)
+		r = vg_set_features(g, features);
+	if (!r)
+		r = vg_set_mem_table(g);
+	for (unsigned int i = 0; !r && i < VG_NVQS; i++)
+		r = vg_setup_vq(g, i, num);
+	return r;
+}
+
+int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint32_t *lens,
+	    unsigned int n, bool writable)
+{
+	struct vg_vq *vq = &g->vq[idx];
+	uint16_t head = vq->next_desc % vq->num;
+	uint64_t one = 1;
+
+	if (n == 0 || n > vq->num)
+		return -EINVAL;
+	for (unsigned int i = 0; i < n; i++) {
+		uint16_t d = (head + i) % vq->num;
+
+		vq->desc[d].addr = vg_gpa(g, bufs[i]);
+		vq->desc[d].len = lens[i];
+		vq->desc[d].flags = (writable ? VRING_DESC_F_WRITE : 0) |
+				    (i + 1 < n ? VRING_DESC_F_NEXT : 0);
+		vq->desc[d].next = (d + 1) % vq->num;
+	}
+	vq->next_desc = (head + n) % vq->num;
+	vq->avail->ring[vq->avail_idx % vq->num] = head;
+	/* The ring entry must be visible before the index that publishes it. */
+	atomic_thread_fence(memory_order_release);
+	vq->avail->idx = ++vq->avail_idx;
+	atomic_thread_fence(memory_order_seq_cst);
+	if (write(vq->kick_fd, &one, sizeof(one)) != sizeof(one))
+		return -errno;
+	return head;
+}
+
+int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len)
+{
+	struct vg_vq *vq = &g->vq[idx];
+	uint16_t used_idx = __atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE);
+	struct vring_used_elem *e;
+
+	if (used_idx == vq->last_used)
+		return 0;
+	e = &vq->used->ring[vq->last_used % vq->num];
+	*id = e->id;
+	*len = e->len;
+	vq->last_used++;
+	return 1;
+}
+
+int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms)
+{
+	struct pollfd p = { .fd = g->vq[idx].call_fd, .events = POLLIN };
+	uint64_t v;
+	int r = poll(&p, 1, timeout_ms);
+
+	if (r < 0)
+		return -errno;
+	if (r == 0)
+		return 0;
+	if (read(p.fd, &v, sizeof(v)) != sizeof(v))
+		return -errno;
+	return 1;
+}
+
+int vg_tap_open(char *name, size_t name_len)
+{
+	struct ifreq ifr;
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	int hdr = sizeof(struct virtio_net_hdr_mrg_rxbuf);
+
+	if (fd < 0)
+		return -errno;
+	memset(&ifr, 0, sizeof(ifr));
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0 || ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) {
+		int e = -errno;
+
+		close(fd);
+		return e;
+	}
+	snprintf(name, name_len, "%s", ifr.ifr_name);
+	return fd;
+}
+
+int vg_link_up(const char *name)
+{
+	struct ifreq ifr;
+	int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	int r = 0;
+
+	if (s < 0)
+		return -errno;
+	memset(&ifr, 0, sizeof(ifr));
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0)
+		r = -errno;
+	ifr.ifr_flags |= IFF_UP;
+	if (!r && ioctl(s, SIOCSIFFLAGS, &ifr) < 0)
+		r = -errno;
+	close(s);
+	return r;
+}

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * A userspace "guest" for driving a vhost-net device through its ioctl ABI.
+ *
+ * The guest owns an anonymous memory region, lays split virtqueues out in it, and plays the
+ * virtio-net driver: it posts descriptor chains, kicks, and reaps the used ring. Guest
+ * physical addresses are offset from host virtual ones (gpa = VG_GPA_BASE + offset) so a
+ * device that confuses the two fails visibly. The same code drives stock /dev/vhost-net and
+ * /dev/vhost-net-zc, which is what the differential tests rely on.
+ */
+#ifndef VHOST_GUEST_H
+#define VHOST_GUEST_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <linux/vhost.h>
+#include <linux/virtio_ring.h>
+#include <linux/virtio_net.h>
+
+#define VG_GPA_BASE	0x40000000ULL
+#define VG_RX		0
+#define VG_TX		1
+#define VG_NVQS		2
+
+struct vg_vq {
+	unsigned int num;		/* ring size, a power of two */
+	struct vring_desc *desc;
+	struct vring_avail *avail;
+	struct vring_used *used;
+	int kick_fd;			/* eventfd: guest -> device */
+	int call_fd;			/* eventfd: device -> guest */
+	int err_fd;			/* eventfd: device reports a ring error */
+	uint16_t avail_idx;		/* next avail index the guest publishes */
+	uint16_t last_used;		/* next used index the guest reads */
+	uint16_t next_desc;		/* descriptor slots are used round robin */
+};
+
+struct vg_guest {
+	int fd;				/* the vhost device */
+	uint8_t *mem;			/* guest memory (host virtual address) */
+	size_t mem_size;
+	size_t mem_used;		/* bump allocator */
+	struct vg_vq vq[VG_NVQS];
+};
+
+/* Open @dev and map @mem_size bytes of guest memory. Returns 0 or -errno. */
+int vg_open(struct vg_guest *g, const char *dev, size_t mem_size);
+void vg_close(struct vg_guest *g);
+
+/* Bump-allocate guest memory. Returns NULL when the region is exhausted. */
+void *vg_alloc(struct vg_guest *g, size_t size, size_t align);
+uint64_t vg_gpa(const struct vg_guest *g, const void *hva);
+
+/* The setup sequence a VMM performs; each returns 0 or -errno of the failing ioctl. */
+int vg_get_features(struct vg_guest *g, uint64_t *features);
+int vg_set_owner(struct vg_guest *g);
+int vg_set_features(struct vg_guest *g, uint64_t features);
+int vg_set_mem_table(struct vg_guest *g);
+int vg_setup_vq(struct vg_guest *g, unsigned int idx, unsigned int num);
+int vg_set_backend(struct vg_guest *g, unsigned int idx, int fd);
+/* Owner, features, mem table and both virtqueues. */
+int vg_setup(struct vg_guest *g, uint64_t features, unsigned int num);
+
+/* Post one chain of @n buffers (device-readable unless @writable), then kick. */
+int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint32_t *lens,
+	    unsigned int n, bool writable);
+/* Reap one used element if there is one: 1 with *id/*len set, 0 if none. */
+int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len);
+/* Wait for the call eventfd; returns 1 if signalled, 0 on timeout, -errno on error. */
+int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms);
+
+/* A tap device with IFF_VNET_HDR; returns its fd and writes its name, or -errno. */
+int vg_tap_open(char *name, size_t name_len);
+int vg_link_up(const char *name);
+
+#endif /* VHOST_GUEST_H */

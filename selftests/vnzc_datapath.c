@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * TX and RX through a tap backend, driven by the userspace guest (vhost_guest.c), on stock
+ * /dev/vhost-net and on /dev/vhost-net-zc: every frame must arrive byte-exact and the used
+ * ring and call eventfd must say so.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <net/if.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/virtio_config.h>
+
+#include "kselftest_harness.h"
+#include "vhost_guest.h"
+
+#define TEST_ETHERTYPE	0x88b5	/* IEEE local experimental: nothing else sends it */
+#define HDR_LEN		sizeof(struct virtio_net_hdr_mrg_rxbuf)
+#define RING		256
+
+FIXTURE(net) {
+	struct vg_guest g;
+	char tap[IFNAMSIZ];
+	int tap_fd;
+	int pkt;		/* AF_PACKET socket bound to the tap */
+	int ifindex;
+};
+
+FIXTURE_VARIANT(net) {
+	const char *dev;
+};
+
+FIXTURE_VARIANT_ADD(net, stock) {
+	.dev = "/dev/vhost-net",
+};
+
+FIXTURE_VARIANT_ADD(net, zc) {
+	.dev = "/dev/vhost-net-zc",
+};
+
+FIXTURE_SETUP(net)
+{
+	struct sockaddr_ll sll = { .sll_family = AF_PACKET };
+	struct timeval tv = { .tv_sec = 5 };
+	int r;
+
+	self->pkt = -1;
+	self->tap_fd = vg_tap_open(self->tap, sizeof(self->tap));
+	ASSERT_LE(0, self->tap_fd) TH_LOG("tap: %s", strerror(-self->tap_fd));
+	ASSERT_EQ(0, vg_link_up(self->tap));
+	self->ifindex = if_nametoindex(self->tap);
+	ASSERT_NE(0, self->ifindex);
+
+	self->pkt = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(TEST_ETHERTYPE));
+	ASSERT_LE(0, self->pkt);
+	sll.sll_protocol = htons(TEST_ETHERTYPE);
+	sll.sll_ifindex = self->ifindex;
+	ASSERT_EQ(0, bind(self->pkt, (struct sockaddr *)&sll, sizeof(sll)));
+	ASSERT_EQ(0, setsockopt(self->pkt, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)));
+
+	ASSERT_EQ(0, vg_open(&self->g, variant->dev, 1 << 20));
+	r = vg_setup(&self->g, 1ULL << VIRTIO_F_VERSION_1, RING);
+	if (r == -ENOTTY)
+		SKIP(return, "%s has no datapath yet (SET_OWNER: ENOTTY)", variant->dev);
+	ASSERT_EQ(0, r) TH_LOG("setup: %s", strerror(-r));
+}
+
+FIXTURE_TEARDOWN(net)
+{
+	vg_close(&self->g);
+	if (self->pkt >= 0)
+		close(self->pkt);
+	close(self->tap_fd);
+}
+
+/* An Ethernet frame of @len bytes whose payload is a pattern seeded by @seed. */
+static void make_frame(uint8_t *f, size_t len, unsigned int seed)
+{
+	static const uint8_t dst[6] = { 0x02, 0, 0, 0, 0, 0x01 };
+	static const uint8_t src[6] = { 0x02, 0, 0, 0, 0, 0x02 };
+
+	memcpy(f, dst, 6);
+	memcpy(f + 6, src, 6);
+	f[12] = TEST_ETHERTYPE >> 8;
+	f[13] = TEST_ETHERTYPE & 0xff;
+	for (size_t i = 14; i < len; i++)
+		f[i] = (uint8_t)(i * 7 + seed);
+}
+
+/* Waits for one used element on @idx. */
+static int wait_used(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len)
+{
+	for (int tries = 0; tries < 50; tries++) {
+		int r = vg_reap(g, idx, id, len);
+
+		if (r)
+			return r;
+		r = vg_wait_call(g, idx, 100);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
+TEST_F(net, tx_byte_exact)
+{
+	static const size_t sizes[] = { 60, 255, 256, 1514 };
+
+	ASSERT_EQ(0, vg_set_backend(&self->g, VG_TX, self->tap_fd));
+	for (unsigned int s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+		uint8_t *hdr = vg_alloc(&self->g, HDR_LEN, 8);
+		uint8_t *frame = vg_alloc(&self->g, sizes[s], 8);
+		void *bufs[2] = { hdr, frame };
+		uint32_t lens[2] = { HDR_LEN, sizes[s] };
+		uint8_t got[2048];
+		uint32_t id, len;
+		int head;
+		ssize_t n;
+
+		ASSERT_NE(NULL, hdr);
+		ASSERT_NE(NULL, frame);
+		memset(hdr, 0, HDR_LEN);
+		make_frame(frame, sizes[s], s);
+		head = vg_post(&self->g, VG_TX, bufs, lens, 2, false);
+		ASSERT_LE(0, head);
+		ASSERT_EQ(1, wait_used(&self->g, VG_TX, &id, &len))
+			TH_LOG("no used entry for a %zu byte frame", sizes[s]);
+		EXPECT_EQ((uint32_t)head, id);
+
+		n = recv(self->pkt, got, sizeof(got), 0);
+		ASSERT_EQ((ssize_t)sizes[s], n) TH_LOG("recv: %s", strerror(errno));
+		EXPECT_EQ(0, memcmp(got, frame, sizes[s]));
+	}
+}
+
+TEST_F(net, rx_byte_exact)
+{
+	static const size_t sizes[] = { 60, 1000, 1514 };
+	struct sockaddr_ll to = {
+		.sll_family = AF_PACKET,
+		.sll_protocol = htons(TEST_ETHERTYPE),
+		.sll_halen = 6,
+	};
+
+	to.sll_ifindex = self->ifindex;
+	ASSERT_EQ(0, vg_set_backend(&self->g, VG_RX, self->tap_fd));
+	for (unsigned int s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+		uint8_t *buf = vg_alloc(&self->g, HDR_LEN + 1514, 8);
+		void *bufs[1] = { buf };
+		uint32_t lens[1] = { HDR_LEN + 1514 };
+		uint8_t frame[1514];
+		uint32_t id, len;
+		int head;
+
+		ASSERT_NE(NULL, buf);
+		memset(buf, 0xee, HDR_LEN + 1514);
+		head = vg_post(&self->g, VG_RX, bufs, lens, 1, true);
+		ASSERT_LE(0, head);
+		make_frame(frame, sizes[s], 100 + s);
+		ASSERT_EQ((ssize_t)sizes[s], sendto(self->pkt, frame, sizes[s], 0,
+						    (struct sockaddr *)&to, sizeof(to)));
+		ASSERT_EQ(1, wait_used(&self->g, VG_RX, &id, &len))
+			TH_LOG("no used entry for a %zu byte frame", sizes[s]);
+		EXPECT_EQ((uint32_t)head, id);
+		EXPECT_EQ(HDR_LEN + sizes[s], len);
+		EXPECT_EQ(0, memcmp(buf + HDR_LEN, frame, sizes[s]));
+	}
+}
+
+TEST_HARNESS_MAIN
