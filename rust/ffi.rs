@@ -24,7 +24,9 @@
     clippy::undocumented_unsafe_blocks,
     clippy::ptr_as_ptr,
     clippy::ref_as_ptr,
-    clippy::cast_lossless
+    clippy::cast_lossless,
+    unsafe_op_in_unsafe_fn,
+    improper_ctypes
 )]
 pub(crate) mod bindings {
     use kernel::bindings::*;

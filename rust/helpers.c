@@ -27,6 +27,12 @@ bool vnzc_vq_backend_has_feature(struct vhost_virtqueue *vq, int bit)
 	return vhost_backend_has_feature(vq, bit);
 }
 
+/* @features has VIRTIO_FEATURES_U64S words; the caller holds vq->mutex. */
+void vnzc_vq_set_acked_features(struct vhost_virtqueue *vq, const u64 *features)
+{
+	virtio_features_copy(vq->acked_features_array, features);
+}
+
 /*
  * vq_err(): a guest's mistake is a debug line (dynamic debug, so a guest cannot flood the
  * host log) plus a signal on the virtqueue's error eventfd.

@@ -14,6 +14,7 @@ void *vnzc_vq_get_backend(struct vhost_virtqueue *vq);
 void vnzc_vq_set_backend(struct vhost_virtqueue *vq, void *private_data);
 bool vnzc_vq_has_feature(struct vhost_virtqueue *vq, int bit);
 bool vnzc_vq_backend_has_feature(struct vhost_virtqueue *vq, int bit);
+void vnzc_vq_set_acked_features(struct vhost_virtqueue *vq, const u64 *features);
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg);
 
 #endif /* _VNZC_HELPERS_H */

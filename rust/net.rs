@@ -3,12 +3,16 @@
 //! `/dev/vhost-net-zc`: one open file is one vhost-net device.
 //!
 //! The device speaks the vhost-net ioctl ABI (`include/uapi/linux/vhost.h`), so a VMM that
-//! drives `/dev/vhost-net` drives this file unchanged. Each ioctl argument is reached through
-//! [`UserSlice`] sized by the command; no raw user pointer is dereferenced.
+//! drives `/dev/vhost-net` drives this file unchanged: the same commands, the same checks in
+//! the same order, the same errnos. It is a [`VhostDev`] with two virtqueues (RX is 0, TX
+//! is 1), and each ioctl argument is reached through [`UserSlice`] sized by the command.
 //!
-//! What is implemented so far: feature discovery (`VHOST_GET_FEATURES`,
-//! `VHOST_GET_FEATURES_ARRAY`, `VHOST_GET_BACKEND_FEATURES`). Every other command answers
-//! `ENOTTY`, as the kernel does for an ioctl a driver does not know.
+//! Implemented so far: feature negotiation, owner set and reset, and everything the vhost
+//! core handles generically (memory table, dirty log, vring setup, kick/call/err eventfds,
+//! busy-loop timeout). `VHOST_NET_SET_BACKEND` validates its arguments as vhost-net does and
+//! accepts detaching (`fd == -1`), but attaching a tap or macvtap socket answers
+//! `EOPNOTSUPP` until the datapath exists; with no backend, a guest's kick finds nothing to
+//! do, as in vhost-net.
 
 use kernel::{
     fs::File,
@@ -23,13 +27,58 @@ use kernel::{
     },
 };
 
-use crate::uapi;
+use crate::{
+    uapi,
+    vhost::{
+        Driver,
+        Limits,
+        VhostDev, //
+    },
+};
 
 /// Size in bytes of one feature word in the ioctl ABI.
 const WORD: usize = core::mem::size_of::<u64>();
 
+/// Number of virtqueues: RX and TX.
+const NVQS: usize = 2;
+
+/// The vhost core limits of vhost-net, whose values this device keeps so that a guest
+/// cannot hold the worker longer than it could with stock vhost-net: chains of at most
+/// `UIO_MAXIOV` plus a batch of 64 iovecs, and at most 256 packets or 512 KiB per handler
+/// run (`CVE-2019-3900`).
+const LIMITS: Limits = Limits {
+    iov_limit: kernel::bindings::UIO_MAXIOV as i32 + 64,
+    weight: 256,
+    byte_weight: 0x80000,
+};
+
+/// The net driver's state inside a [`VhostDev`].
+pub(crate) struct NetState;
+
+impl Driver<NVQS> for NetState {
+    fn kick(_dev: &VhostDev<Self, NVQS>, _index: usize) {
+        // No backend can be attached yet (see the module documentation), and a kick without
+        // a backend has nothing to do.
+    }
+}
+
 /// The state of one open `/dev/vhost-net-zc` file.
-pub(crate) struct VhostNetZc;
+#[pin_data]
+pub(crate) struct VhostNetZc {
+    #[pin]
+    vhost: VhostDev<NetState, NVQS>,
+}
+
+/// The argument of `VHOST_NET_SET_BACKEND` (`struct vhost_vring_file`).
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct VringFile {
+    index: u32,
+    fd: i32,
+}
+
+// SAFETY: `VringFile` is two `repr(C)` integers without padding; any bit pattern is valid.
+unsafe impl kernel::transmute::FromBytes for VringFile {}
 
 impl VhostNetZc {
     /// `VHOST_GET_FEATURES_ARRAY`: the user passes `{ u64 count; u64 features[count]; }`.
@@ -59,6 +108,123 @@ impl VhostNetZc {
         Ok(0)
     }
 
+    /// `VHOST_SET_FEATURES_ARRAY`: `{ u64 count; u64 features[count]; }`.
+    ///
+    /// # Errors
+    ///
+    /// - `EFAULT`: the count or a word cannot be read;
+    /// - `EOPNOTSUPP`: a bit is set that the device does not offer, in any word.
+    fn set_features_array(&self, arg: UserPtr) -> Result<isize> {
+        let count: u64 = UserSlice::new(arg, WORD).reader().read()?;
+        let mut words = [0u64; uapi::FEATURE_WORDS];
+        let mut index: u64 = 0;
+        let mut at = arg.wrapping_byte_add(WORD);
+        while index < count {
+            let word: u64 = UserSlice::new(at, WORD).reader().read()?;
+            match usize::try_from(index).ok().and_then(|i| words.get_mut(i)) {
+                Some(slot) => *slot = word,
+                // Words past the kernel's feature space can hold no supported bit.
+                None if word != 0 => return Err(EOPNOTSUPP),
+                None => {}
+            }
+            index += 1;
+            at = at.wrapping_byte_add(WORD);
+        }
+        self.set_features(&words)
+    }
+
+    /// Acknowledges `features` on every virtqueue.
+    ///
+    /// # Errors
+    ///
+    /// - `EOPNOTSUPP`: a bit is set that the device does not offer;
+    /// - `EFAULT`: `VHOST_F_LOG_ALL` is asked for but the log does not cover guest memory.
+    fn set_features(&self, features: &[u64; uapi::FEATURE_WORDS]) -> Result<isize> {
+        let unsupported = features
+            .iter()
+            .enumerate()
+            .any(|(i, word)| word & !uapi::feature_word(i) != 0);
+        if unsupported {
+            return Err(EOPNOTSUPP);
+        }
+        let dev = self.vhost.lock();
+        if uapi::has_feature(features, uapi::VHOST_F_LOG_ALL) && !dev.log_access_ok() {
+            return Err(EFAULT);
+        }
+        for index in 0..NVQS as u32 {
+            self.vhost.vq(index)?.lock().set_acked_features(features);
+        }
+        Ok(0)
+    }
+
+    /// `VHOST_SET_BACKEND_FEATURES`.
+    ///
+    /// # Errors
+    ///
+    /// `EOPNOTSUPP` for any bit: the device offers no backend features.
+    fn set_backend_features(arg: UserPtr) -> Result<isize> {
+        let features: u64 = UserSlice::new(arg, WORD).reader().read()?;
+        if features & !uapi::BACKEND_FEATURES != 0 {
+            return Err(EOPNOTSUPP);
+        }
+        Ok(0)
+    }
+
+    /// `VHOST_SET_OWNER`.
+    ///
+    /// # Errors
+    ///
+    /// `EBUSY` if the device has an owner, or the vhost core's errno creating the worker.
+    fn set_owner(&self) -> Result<isize> {
+        let dev = self.vhost.lock();
+        if dev.has_owner() {
+            return Err(EBUSY);
+        }
+        dev.set_owner()?;
+        dev.flush();
+        Ok(0)
+    }
+
+    /// `VHOST_RESET_OWNER`: back to the state right after `open`, ready for a new owner.
+    ///
+    /// # Errors
+    ///
+    /// `EPERM` if the caller is not the owner, `ENOMEM` if the reset cannot allocate.
+    fn reset_owner(&self) -> Result<isize> {
+        let dev = self.vhost.lock();
+        dev.reset_owner()?;
+        Ok(0)
+    }
+
+    /// `VHOST_NET_SET_BACKEND`, with vhost-net's checks in vhost-net's order.
+    ///
+    /// # Errors
+    ///
+    /// - `EFAULT`: the argument cannot be read, or the ring is not set up;
+    /// - `EPERM`: the caller is not the owner;
+    /// - `ENOBUFS`: the index is not a virtqueue;
+    /// - `EOPNOTSUPP`: attaching a socket (the datapath does not exist yet).
+    fn set_backend(&self, arg: UserPtr) -> Result<isize> {
+        let backend: VringFile = UserSlice::new(arg, size_of::<VringFile>())
+            .reader()
+            .read()?;
+        let dev = self.vhost.lock();
+        dev.check_owner()?;
+        let vq = self.vhost.vq(backend.index)?.lock();
+        if backend.fd == -1 {
+            dev.clear_msg();
+        }
+        if !vq.access_ok() {
+            return Err(EFAULT);
+        }
+        if backend.fd == -1 {
+            // Nothing can be attached yet, so there is nothing to detach.
+            return Ok(0);
+        }
+        pr_debug!("SET_BACKEND with a socket: datapath not implemented\n");
+        Err(EOPNOTSUPP)
+    }
+
     /// Writes one `u64` to the ioctl argument.
     fn put_u64(arg: UserPtr, value: u64) -> Result<isize> {
         UserSlice::new(arg, WORD).writer().write(&value)?;
@@ -68,19 +234,33 @@ impl VhostNetZc {
 
 #[vtable]
 impl MiscDevice for VhostNetZc {
-    type Ptr = KBox<Self>;
+    type Ptr = Pin<KVBox<Self>>;
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
-        Ok(KBox::new(VhostNetZc, GFP_KERNEL)?)
+        KVBox::try_pin_init(
+            try_pin_init!(VhostNetZc {
+                vhost <- VhostDev::new(LIMITS, Ok::<_, Error>(NetState)),
+            }),
+            GFP_KERNEL,
+        )
     }
 
-    fn ioctl(_me: &VhostNetZc, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+    fn ioctl(me: Pin<&VhostNetZc>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         let arg = UserPtr::from_addr(arg);
         match cmd {
+            uapi::VHOST_NET_SET_BACKEND => me.set_backend(arg),
             uapi::VHOST_GET_FEATURES => Self::put_u64(arg, uapi::NET_FEATURES),
+            uapi::VHOST_SET_FEATURES => {
+                let word: u64 = UserSlice::new(arg, WORD).reader().read()?;
+                me.set_features(&uapi::features_from_u64(word))
+            }
             uapi::VHOST_GET_FEATURES_ARRAY => Self::get_features_array(arg),
+            uapi::VHOST_SET_FEATURES_ARRAY => me.set_features_array(arg),
             uapi::VHOST_GET_BACKEND_FEATURES => Self::put_u64(arg, uapi::BACKEND_FEATURES),
-            _ => Err(ENOTTY),
+            uapi::VHOST_SET_BACKEND_FEATURES => Self::set_backend_features(arg),
+            uapi::VHOST_RESET_OWNER => me.reset_owner(),
+            uapi::VHOST_SET_OWNER => me.set_owner(),
+            _ => me.vhost.lock().generic_ioctl(cmd, arg),
         }
     }
 }

@@ -14,8 +14,23 @@ use crate::ffi::bindings as b;
 pub(crate) const VHOST_GET_FEATURES: u32 = b::VNZC_VHOST_GET_FEATURES;
 /// `VHOST_GET_FEATURES_ARRAY`: read feature words, count first.
 pub(crate) const VHOST_GET_FEATURES_ARRAY: u32 = b::VNZC_VHOST_GET_FEATURES_ARRAY;
+/// `VHOST_SET_FEATURES`: acknowledge virtio feature bits 0..63.
+pub(crate) const VHOST_SET_FEATURES: u32 = b::VNZC_VHOST_SET_FEATURES;
+/// `VHOST_SET_FEATURES_ARRAY`: acknowledge feature words, count first.
+pub(crate) const VHOST_SET_FEATURES_ARRAY: u32 = b::VNZC_VHOST_SET_FEATURES_ARRAY;
 /// `VHOST_GET_BACKEND_FEATURES`: read the vhost backend feature bits.
 pub(crate) const VHOST_GET_BACKEND_FEATURES: u32 = b::VNZC_VHOST_GET_BACKEND_FEATURES;
+/// `VHOST_SET_BACKEND_FEATURES`: acknowledge vhost backend feature bits.
+pub(crate) const VHOST_SET_BACKEND_FEATURES: u32 = b::VNZC_VHOST_SET_BACKEND_FEATURES;
+/// `VHOST_SET_OWNER`: make the calling process the owner.
+pub(crate) const VHOST_SET_OWNER: u32 = b::VNZC_VHOST_SET_OWNER;
+/// `VHOST_RESET_OWNER`: drop the owner and everything set up under it.
+pub(crate) const VHOST_RESET_OWNER: u32 = b::VNZC_VHOST_RESET_OWNER;
+/// `VHOST_NET_SET_BACKEND`: attach a tap/macvtap socket to a virtqueue, or detach (-1).
+pub(crate) const VHOST_NET_SET_BACKEND: u32 = b::VNZC_VHOST_NET_SET_BACKEND;
+
+/// Feature bit: dirty-page logging of guest memory writes.
+pub(crate) const VHOST_F_LOG_ALL: u32 = b::VHOST_F_LOG_ALL;
 
 /// Number of 64-bit words in the kernel's virtio feature array.
 pub(crate) const FEATURE_WORDS: usize = b::VNZC_VIRTIO_FEATURES_U64S as usize;
@@ -44,6 +59,21 @@ pub(crate) const NET_FEATURES: u64 = bit(b::VIRTIO_F_NOTIFY_ON_EMPTY)
 /// The vhost backend features this device offers: none yet (no IOTLB, see [`NET_FEATURES`]).
 pub(crate) const BACKEND_FEATURES: u64 = 0;
 
+/// Whether feature `bit` is set in `words`.
+pub(crate) fn has_feature(words: &[u64; FEATURE_WORDS], bit: u32) -> bool {
+    let word = usize::try_from(bit / 64).ok().and_then(|i| words.get(i));
+    word.is_some_and(|w| w & (1u64 << (bit % 64)) != 0)
+}
+
+/// The feature words of `VHOST_SET_FEATURES`, which carries word 0 only.
+pub(crate) fn features_from_u64(word0: u64) -> [u64; FEATURE_WORDS] {
+    let mut words = [0u64; FEATURE_WORDS];
+    if let Some(first) = words.first_mut() {
+        *first = word0;
+    }
+    words
+}
+
 /// The feature words returned by `VHOST_GET_FEATURES_ARRAY`: only word 0 has bits.
 pub(crate) const fn feature_word(index: usize) -> u64 {
     if index == 0 {
@@ -53,7 +83,7 @@ pub(crate) const fn feature_word(index: usize) -> u64 {
     }
 }
 
-#[kunit_tests(vhost_net_zc_uapi)]
+#[kernel::macros::kunit_tests(vhost_net_zc_uapi)]
 mod tests {
     use super::*;
 
@@ -76,6 +106,17 @@ mod tests {
         ] {
             assert_eq!(NET_FEATURES & bit(nr), 0);
         }
+    }
+
+    #[test]
+    fn feature_bits() {
+        let words = features_from_u64(bit(b::VIRTIO_F_VERSION_1) | bit(0));
+        assert!(has_feature(&words, 0));
+        assert!(has_feature(&words, b::VIRTIO_F_VERSION_1));
+        assert!(!has_feature(&words, 1));
+        assert!(!has_feature(&words, 64));
+        assert!(!has_feature(&words, 64 * FEATURE_WORDS as u32));
+        assert!(!has_feature(&words, u32::MAX));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! core (`vhost.ko`). Layers, bottom up:
 //! - [`ffi`]: bindgen declarations for the vhost core, generated from the target tree;
 //! - [`uapi`]: the ioctl numbers and feature bits;
+//! - [`vhost`]: safe abstractions over the vhost core (device, virtqueues, locks);
 //! - [`net`]: the misc device and its ioctls.
 //!
 //! See `Documentation/vhost-net-zc.rst` for the administrator's view.
@@ -20,6 +21,7 @@
 mod ffi;
 mod net;
 mod uapi;
+mod vhost;
 
 use kernel::{
     miscdevice::{

@@ -74,6 +74,21 @@ def select_clang_flags(args, depfile, srctree):
     return out
 
 
+def absolutize_depfile(depfile, objtree):
+    """clang names the headers it read relative to its working directory (the kernel
+    tree); fixdep reads the file from the module's directory."""
+    with open(depfile, encoding="utf-8") as f:
+        text = f.read()
+    out = []
+    for tok in text.split(" "):
+        core = tok.rstrip("\n\\")
+        if core and not core.startswith("/") and not core.endswith(":"):
+            tok = os.path.join(objtree, core) + tok[len(core):]
+        out.append(tok)
+    with open(depfile, "w", encoding="utf-8") as f:
+        f.write(" ".join(out))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--objtree", required=True)
@@ -85,12 +100,18 @@ def main():
     p.add_argument("items", nargs=argparse.REMAINDER)
     a = p.parse_args()
     items = a.items[1:] if a.items[:1] == ["--"] else a.items
+    # kbuild runs this from the module's directory, but the kernel's clang flags name
+    # include directories relative to the kernel tree, where bindgen is run.
+    a.header, a.output, a.depfile, a.srctree = (
+        os.path.abspath(x) for x in (a.header, a.output, a.depfile, a.srctree))
 
     bg, clang = kernel_invocation(a.objtree)
     cmd = [a.bindgen, a.header, "--no-recursive-allowlist", "--no-doc-comments"]
     cmd += select_bindgen_flags(bg) + items + ["-o", a.output, "--"]
     cmd += select_clang_flags(clang, a.depfile, a.srctree)
     r = subprocess.run(cmd, cwd=a.objtree)
+    if r.returncode == 0:
+        absolutize_depfile(a.depfile, a.objtree)
     if r.returncode != 0:
         try:
             os.unlink(a.output)

@@ -65,7 +65,7 @@ int vg_setup(struct vg_guest *g, uint64_t features, unsigned int num);
 /* Post one chain of @n buffers (device-readable unless @writable), then kick. */
 int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint32_t *lens,
 	    unsigned int n, bool writable);
-/* Reap one used element if there is one: 1 with *id/*len set, 0 if none. */
+/* Reap one used element if there is one: 1 with *id and *len set, 0 if none. */
 int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len);
 /* Wait for the call eventfd; returns 1 if signalled, 0 on timeout, -errno on error. */
 int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms);
