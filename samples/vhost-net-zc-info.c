@@ -19,6 +19,8 @@
 #include <linux/virtio_net.h>
 #include <linux/virtio_ring.h>
 
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
 static const struct {
 	unsigned int bit;
 	const char *name;
@@ -53,7 +55,7 @@ static int show(const char *dev)
 	}
 	printf("%s: features %#018llx, backend features %#llx\n", dev,
 	       (unsigned long long)f, (unsigned long long)bf);
-	for (unsigned int i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+	for (unsigned int i = 0; i < ARRAY_SIZE(names); i++) {
 		uint64_t b = 1ULL << names[i].bit;
 
 		printf("  %-26s %s\n", names[i].name, (f & b) ? "offered" : "-");

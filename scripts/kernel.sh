@@ -75,10 +75,14 @@ if ! make -s LLVM=1 -j"$(nproc)" bzImage modules >"$top/build.log" 2>&1; then
 	tail -n 40 "$top/build.log" >&2
 	vnzc_die "kernel build failed; full log: $top/build.log"
 fi
-# The kernel's own vhost-net test program, built from this tree (not copied).
-make -s -C tools/virtio vhost_net_test >>"$top/build.log" 2>&1 ||
-	vnzc_log "warning: tools/virtio/vhost_net_test did not build (see $top/build.log)"
 echo $(( $(date +%s) - start )) >"$top/.build-seconds"
 vnzc_log "kernel built in $(cat "$top/.build-seconds") s"
 touch "$top/.built"
+
+# Keep the two newest built trees (a config change should not cost a rebuild to go back one
+# step), remove older ones and any half-built leftovers of earlier keys.
+(cd "$VNZC_CACHE/kernel" && ls -1dt -- */ 2>/dev/null | sed 's,/$,,' | tail -n +3 |
+	while read -r old; do
+		[ "$old" = "$key" ] || { vnzc_log "pruning cached tree $old"; rm -rf -- "$old"; }
+	done)
 printf '%s\n' "$kdir"

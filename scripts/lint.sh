@@ -19,3 +19,12 @@ if ! bash "$VNZC_ROOT/scripts/build-module.sh" CLIPPY=1 W=e; then
 	vnzc_die "clippy / W=e build failed"
 fi
 vnzc_log "clippy W=e clean"
+# The C files in kernel style: checkpatch errors fail, warnings are shown.
+mapfile -t cfiles < <(cd "$VNZC_ROOT" && git ls-files '*.c' '*.h' 2>/dev/null)
+cfiles=("${cfiles[@]/#/$VNZC_ROOT/}")
+if ! perl "$kdir/scripts/checkpatch.pl" --no-tree --terse --quiet -f "${cfiles[@]}"; then
+	if perl "$kdir/scripts/checkpatch.pl" --no-tree --terse -f "${cfiles[@]}" | grep -q ': ERROR:'; then
+		vnzc_die "checkpatch: errors in the C files"
+	fi
+fi
+vnzc_log "checkpatch: no errors"

@@ -120,7 +120,7 @@ t_kmemleak() {
 }
 
 t_dmesg() {
-	local pat='WARNING:|BUG:|KASAN:|UBSAN:|circular locking dependency|recursive locking detected|inconsistent lock state|suspicious RCU usage|DEBUG_LOCKS_WARN_ON|blocked for more than|panicked at|Oops|general protection fault|kernel BUG at|unreferenced object|Call Trace:'
+	local pat='WARNING:|BUG:|KASAN:|UBSAN:|circular locking dependency|recursive locking detected|inconsistent lock state|suspicious RCU usage|DEBUG_LOCKS_WARN_ON|blocked for more than|panicked at|Oops|general protection fault|kernel BUG at|unreferenced object|ODEBUG:|Call Trace:'
 	if dmesg | grep -E "$pat"; then
 		dmesg | grep -E -B5 -A30 "$pat" | head -n 120
 		return 1

@@ -119,7 +119,7 @@ TEST_F(net, tx_byte_exact)
 	static const size_t sizes[] = { 60, 255, 256, 1514 };
 
 	ATTACH(VG_TX);
-	for (unsigned int s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+	for (unsigned int s = 0; s < ARRAY_SIZE(sizes); s++) {
 		uint8_t *hdr = vg_alloc(&self->g, HDR_LEN, 8);
 		uint8_t *frame = vg_alloc(&self->g, sizes[s], 8);
 		void *bufs[2] = { hdr, frame };
@@ -156,7 +156,7 @@ TEST_F(net, rx_byte_exact)
 
 	to.sll_ifindex = self->ifindex;
 	ATTACH(VG_RX);
-	for (unsigned int s = 0; s < sizeof(sizes) / sizeof(sizes[0]); s++) {
+	for (unsigned int s = 0; s < ARRAY_SIZE(sizes); s++) {
 		uint8_t *buf = vg_alloc(&self->g, HDR_LEN + 1514, 8);
 		void *bufs[1] = { buf };
 		uint32_t lens[1] = { HDR_LEN + 1514 };
