@@ -27,3 +27,5 @@ const unsigned int VNZC_VHOST_SET_OWNER = VHOST_SET_OWNER;
 const unsigned int VNZC_VHOST_RESET_OWNER = VHOST_RESET_OWNER;
 const unsigned int VNZC_VHOST_NET_SET_BACKEND = VHOST_NET_SET_BACKEND;
 const unsigned int VNZC_VIRTIO_FEATURES_U64S = VIRTIO_FEATURES_U64S;
+const unsigned int VNZC_EPOLLIN = (__force unsigned int)EPOLLIN;
+const unsigned int VNZC_EPOLLOUT = (__force unsigned int)EPOLLOUT;

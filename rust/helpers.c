@@ -3,6 +3,9 @@
  * Out-of-line wrappers for the vhost core's static inlines and macros (see helpers.h).
  */
 
+#include <linux/net.h>
+#include <net/sock.h>
+
 #include "vhost.h"
 
 #include "helpers.h"
@@ -40,4 +43,15 @@ void vnzc_vq_set_acked_features(struct vhost_virtqueue *vq, const u64 *features)
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg)
 {
 	vq_err(vq, "vhost_net_zc: %s\n", msg);
+}
+
+/* Fields of struct sock, which Rust sees only as an opaque type. */
+int vnzc_sock_type(struct socket *sock)
+{
+	return sock->sk->sk_type;
+}
+
+int vnzc_sock_family(struct socket *sock)
+{
+	return sock->sk->sk_family;
 }

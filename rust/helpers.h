@@ -9,12 +9,15 @@
 #include <linux/types.h>
 
 struct vhost_virtqueue;
+struct socket;
 
 void *vnzc_vq_get_backend(struct vhost_virtqueue *vq);
 void vnzc_vq_set_backend(struct vhost_virtqueue *vq, void *private_data);
 bool vnzc_vq_has_feature(struct vhost_virtqueue *vq, int bit);
 bool vnzc_vq_backend_has_feature(struct vhost_virtqueue *vq, int bit);
 void vnzc_vq_set_acked_features(struct vhost_virtqueue *vq, const u64 *features);
+int vnzc_sock_type(struct socket *sock);
+int vnzc_sock_family(struct socket *sock);
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg);
 
 #endif /* _VNZC_HELPERS_H */

@@ -7,12 +7,10 @@
 //! the same order, the same errnos. It is a [`VhostDev`] with two virtqueues (RX is 0, TX
 //! is 1), and each ioctl argument is reached through [`UserSlice`] sized by the command.
 //!
-//! Implemented so far: feature negotiation, owner set and reset, and everything the vhost
-//! core handles generically (memory table, dirty log, vring setup, kick/call/err eventfds,
-//! busy-loop timeout). `VHOST_NET_SET_BACKEND` validates its arguments as vhost-net does and
-//! accepts detaching (`fd == -1`), but attaching a tap or macvtap socket answers
-//! `EOPNOTSUPP` until the datapath exists; with no backend, a guest's kick finds nothing to
-//! do, as in vhost-net.
+//! Implemented so far: feature negotiation, owner set and reset, everything the vhost core
+//! handles generically (memory table, dirty log, vring setup, kick/call/err eventfds,
+//! busy-loop timeout), backends (tap, macvtap, raw packet sockets) and the TX copy path.
+//! Attaching a backend to the RX virtqueue answers `EOPNOTSUPP` until the RX path exists.
 
 use kernel::{
     fs::File,
@@ -28,11 +26,13 @@ use kernel::{
 };
 
 use crate::{
+    socket::Socket,
     uapi,
     vhost::{
         Driver,
         Limits,
-        VhostDev, //
+        VhostDev,
+        VqGuard, //
     },
 };
 
@@ -41,6 +41,10 @@ const WORD: usize = core::mem::size_of::<u64>();
 
 /// Number of virtqueues: RX and TX.
 const NVQS: usize = 2;
+/// The RX virtqueue's index.
+const RX: usize = 0;
+/// The TX virtqueue's index.
+const TX: usize = 1;
 
 /// The vhost core limits of vhost-net, whose values this device keeps so that a guest
 /// cannot hold the worker longer than it could with stock vhost-net: chains of at most
@@ -55,10 +59,107 @@ const LIMITS: Limits = Limits {
 /// The net driver's state inside a [`VhostDev`].
 pub(crate) struct NetState;
 
+/// A virtqueue of the net device, locked.
+type NetVq<'a> = VqGuard<'a, NetState, NVQS>;
+
 impl Driver<NVQS> for NetState {
-    fn kick(_dev: &VhostDev<Self, NVQS>, _index: usize) {
-        // No backend can be attached yet (see the module documentation), and a kick without
-        // a backend has nothing to do.
+    type Backend = Socket;
+
+    /// RX runs when the socket has a packet for the guest, TX when it has room.
+    const BACKEND_EVENTS: [u32; NVQS] = [
+        crate::ffi::bindings::VNZC_EPOLLIN,
+        crate::ffi::bindings::VNZC_EPOLLOUT,
+    ];
+
+    fn handle(dev: &VhostDev<Self, NVQS>, index: usize) {
+        if index == TX {
+            if let Ok(vq) = dev.vq(TX as u32) {
+                handle_tx(&vq);
+            }
+        }
+    }
+}
+
+/// Length of the virtio-net header in the guest's buffers: the larger header with
+/// `VIRTIO_F_VERSION_1` or mergeable RX buffers.
+fn net_hdr_len(vq: &NetVq<'_>) -> usize {
+    if vq.has_feature(crate::ffi::bindings::VIRTIO_F_VERSION_1)
+        || vq.has_feature(crate::ffi::bindings::VIRTIO_NET_F_MRG_RXBUF)
+    {
+        size_of::<crate::ffi::bindings::virtio_net_hdr_mrg_rxbuf>()
+    } else {
+        size_of::<crate::ffi::bindings::virtio_net_hdr>()
+    }
+}
+
+/// The header bytes vhost itself consumes on TX: with `VHOST_NET_F_VIRTIO_NET_HDR` the
+/// backend takes none, so vhost drops the guest's header; otherwise the backend takes it.
+fn vhost_hdr_len(vq: &NetVq<'_>) -> usize {
+    if vq.has_feature(uapi::VHOST_NET_F_VIRTIO_NET_HDR) {
+        net_hdr_len(vq)
+    } else {
+        0
+    }
+}
+
+/// Sends what the guest queued on TX until the ring is empty, the socket is full, or the
+/// handler's weight is used up. Every chain is copied into the skb (the zero-copy path is
+/// not implemented yet).
+fn handle_tx(vq: &NetVq<'_>) {
+    let Some(sock) = vq.backend() else {
+        return;
+    };
+    if !vq.prefetch() {
+        return;
+    }
+    vq.disable_notify();
+    let hdr = vhost_hdr_len(vq);
+    let (mut packets, mut bytes) = (0usize, 0usize);
+    loop {
+        let chain = match vq.get_desc() {
+            Ok(Some(chain)) => chain,
+            Ok(None) => {
+                // Empty: ask for kicks, unless buffers slipped in meanwhile.
+                if vq.enable_notify() {
+                    vq.disable_notify();
+                    continue;
+                }
+                break;
+            }
+            // The vhost core reported the malformed chain; stop until the next kick.
+            Err(_) => break,
+        };
+        if chain.inn != 0 {
+            vq.report(c"Unexpected descriptor format for TX");
+            break;
+        }
+        let iov = vq.iov(chain.out);
+        let len = iov
+            .iter()
+            .fold(0usize, |acc, v| acc.saturating_add(v.iov_len));
+        let Some(payload) = len.checked_sub(hdr) else {
+            vq.report(c"Unexpected header len for TX");
+            break;
+        };
+        match sock.send(iov, hdr, payload) {
+            Err(e) if e == EAGAIN || e == ENOMEM || e == ENOBUFS => {
+                // The socket is full: retry this chain when it has room.
+                vq.discard(&chain);
+                let _ = vq.start_poll();
+                break;
+            }
+            Err(e) => pr_debug!("TX: send failed: {:?}\n", e),
+            Ok(sent) if sent != payload => {
+                pr_debug!("TX: truncated packet: {} of {} bytes\n", sent, payload)
+            }
+            Ok(_) => {}
+        }
+        vq.add_used_and_signal(&chain, 0);
+        packets += 1;
+        bytes = bytes.saturating_add(payload);
+        if vq.exceeds_weight(packets, bytes) {
+            break;
+        }
     }
 }
 
@@ -152,8 +253,9 @@ impl VhostNetZc {
             return Err(EFAULT);
         }
         for index in 0..NVQS as u32 {
-            self.vhost.vq(index)?.lock().set_acked_features(features);
+            self.vhost.vq(index)?.set_acked_features(features);
         }
+        drop(dev);
         Ok(0)
     }
 
@@ -192,37 +294,61 @@ impl VhostNetZc {
     /// `EPERM` if the caller is not the owner, `ENOMEM` if the reset cannot allocate.
     fn reset_owner(&self) -> Result<isize> {
         let dev = self.vhost.lock();
-        dev.reset_owner()?;
+        let backends = dev.reset_owner()?;
+        drop(dev);
+        // The sockets are released with no lock held.
+        drop(backends);
         Ok(0)
     }
 
-    /// `VHOST_NET_SET_BACKEND`, with vhost-net's checks in vhost-net's order.
+    /// `VHOST_NET_SET_BACKEND`, with vhost-net's checks in vhost-net's order: attach the
+    /// socket behind `fd` to a virtqueue, or detach (`fd == -1`).
     ///
     /// # Errors
     ///
     /// - `EFAULT`: the argument cannot be read, or the ring is not set up;
     /// - `EPERM`: the caller is not the owner;
     /// - `ENOBUFS`: the index is not a virtqueue;
-    /// - `EOPNOTSUPP`: attaching a socket (the datapath does not exist yet).
+    /// - `ENOTSOCK`: `fd` is not a tap, macvtap or raw packet socket;
+    /// - `EOPNOTSUPP`: a socket for the RX virtqueue (the RX path does not exist yet).
     fn set_backend(&self, arg: UserPtr) -> Result<isize> {
         let backend: VringFile = UserSlice::new(arg, size_of::<VringFile>())
             .reader()
             .read()?;
         let dev = self.vhost.lock();
         dev.check_owner()?;
-        let vq = self.vhost.vq(backend.index)?.lock();
+        let vq = self.vhost.vq(backend.index)?;
         if backend.fd == -1 {
             dev.clear_msg();
         }
         if !vq.access_ok() {
             return Err(EFAULT);
         }
-        if backend.fd == -1 {
-            // Nothing can be attached yet, so there is nothing to detach.
+        let sock = match backend.fd {
+            -1 => None,
+            fd => Some(Socket::from_fd(fd)?),
+        };
+        if sock.is_some() && backend.index as usize == RX {
+            pr_debug!("SET_BACKEND on RX: the RX path is not implemented\n");
+            return Err(EOPNOTSUPP);
+        }
+        let unchanged = match (&sock, vq.backend()) {
+            (Some(new), Some(old)) => new.same(old),
+            (None, None) => true,
+            _ => false,
+        };
+        if unchanged {
             return Ok(0);
         }
-        pr_debug!("SET_BACKEND with a socket: datapath not implemented\n");
-        Err(EOPNOTSUPP)
+        let old = vq.replace_backend(sock)?;
+        drop(vq);
+        if old.is_some() {
+            // No handler may still be using the old socket when it is released.
+            dev.flush();
+        }
+        drop(dev);
+        drop(old);
+        Ok(0)
     }
 
     /// Writes one `u64` to the ioctl argument.

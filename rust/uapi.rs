@@ -29,6 +29,9 @@ pub(crate) const VHOST_RESET_OWNER: u32 = b::VNZC_VHOST_RESET_OWNER;
 /// `VHOST_NET_SET_BACKEND`: attach a tap/macvtap socket to a virtqueue, or detach (-1).
 pub(crate) const VHOST_NET_SET_BACKEND: u32 = b::VNZC_VHOST_NET_SET_BACKEND;
 
+/// Feature bit: vhost, not the backend, handles the virtio-net header.
+pub(crate) const VHOST_NET_F_VIRTIO_NET_HDR: u32 = b::VHOST_NET_F_VIRTIO_NET_HDR;
+
 /// Feature bit: dirty-page logging of guest memory writes.
 pub(crate) const VHOST_F_LOG_ALL: u32 = b::VHOST_F_LOG_ALL;
 

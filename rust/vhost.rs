@@ -24,7 +24,9 @@ use core::{
 };
 
 use kernel::{
+    error::to_result,
     ffi,
+    fs::File,
     prelude::*,
     sync::{
         lock::{
@@ -50,15 +52,42 @@ pub(crate) struct Limits {
     pub(crate) byte_weight: i32,
 }
 
+/// What a virtqueue can be attached to: an object with a file the device polls.
+pub(crate) trait Backend: Send + Sync {
+    /// The file whose readiness makes the virtqueue runnable.
+    fn file(&self) -> &File;
+}
+
 /// The driver side of a [`VhostDev`]: its state and its virtqueue handlers.
 pub(crate) trait Driver<const N: usize>: Send + Sync + Sized {
-    /// Called on the device's worker when the guest kicks virtqueue `index` (`index < N`).
-    fn kick(dev: &VhostDev<Self, N>, index: usize);
+    /// What the driver attaches to its virtqueues.
+    type Backend: Backend;
+
+    /// For each virtqueue, the poll events on its backend's file that make it runnable.
+    const BACKEND_EVENTS: [u32; N];
+
+    /// Runs virtqueue `index` (`index < N`) on the device's worker: called when the guest
+    /// kicks it and when its backend becomes ready.
+    fn handle(dev: &VhostDev<Self, N>, index: usize);
 }
 
 /// One `struct vhost_virtqueue`.
 #[repr(transparent)]
-pub(crate) struct Virtqueue(Opaque<bindings::vhost_virtqueue>);
+struct Virtqueue(Opaque<bindings::vhost_virtqueue>);
+
+/// A chain of descriptors taken from the avail ring: `out` device-readable then `in`
+/// device-writable buffers, translated into the virtqueue's iovec array.
+#[derive(Clone, Copy)]
+pub(crate) struct Chain {
+    /// The head descriptor, which identifies the chain in the used ring.
+    pub(crate) head: u32,
+    /// Number of device-readable iovecs.
+    pub(crate) out: u32,
+    /// Number of device-writable iovecs, after the readable ones.
+    pub(crate) inn: u32,
+    /// Number of descriptors (for [`VqGuard::discard`]).
+    ndesc: u32,
+}
 
 /// A vhost device with `N` virtqueues and driver state `D`.
 ///
@@ -68,20 +97,27 @@ pub(crate) struct Virtqueue(Opaque<bindings::vhost_virtqueue>);
 ///   points at `vqs[i]`, and the kick handler of `vqs[i]` is [`kick_trampoline::<D, N>`].
 /// - The object is pinned: the vhost core holds pointers into it until `Drop` has run
 ///   `vhost_dev_cleanup()`.
+/// - `polls[i]` was initialised by `vhost_poll_init()` for `vqs[i]`, with
+///   [`poll_trampoline::<D, N>`] as its work.
+/// - `backends[i]` is only accessed with `vqs[i]`'s mutex held, and is `Some` exactly when
+///   `vqs[i]`'s `private_data` is non-null; `polls[i]` polls only the file of `backends[i]`.
 /// - `dev` is the first field (`repr(C)`), so a `vhost_dev` pointer the core hands back to a
 ///   handler is a pointer to the `VhostDev`.
 #[repr(C)]
 pub(crate) struct VhostDev<D: Driver<N>, const N: usize> {
     dev: Opaque<bindings::vhost_dev>,
     vqs: [Virtqueue; N],
+    polls: [Opaque<bindings::vhost_poll>; N],
+    backends: [UnsafeCell<Option<D::Backend>>; N],
     vq_ptrs: UnsafeCell<[*mut bindings::vhost_virtqueue; N]>,
     data: D,
     _pin: PhantomPinned,
 }
 
 // SAFETY: The C device is only reached through the vhost core, which serialises access with
-// the device and virtqueue mutexes and its worker; `vq_ptrs` is written once during
-// initialisation. `D` is `Send`.
+// the device and virtqueue mutexes and its worker; `backends[i]` is only touched under
+// `vqs[i]`'s mutex (type invariant); `vq_ptrs` is written once during initialisation. `D`
+// and its backends are `Send`.
 unsafe impl<D: Driver<N>, const N: usize> Send for VhostDev<D, N> {}
 // SAFETY: As for `Send`: shared access goes through the core's locking, and `D` is `Sync`.
 unsafe impl<D: Driver<N>, const N: usize> Sync for VhostDev<D, N> {}
@@ -102,7 +138,26 @@ unsafe extern "C" fn kick_trampoline<D: Driver<N>, const N: usize>(
     // which is the first field of the `VhostDev<D, N>` (type invariant).
     let this = unsafe { &*(*vq).dev.cast::<VhostDev<D, N>>() };
     if let Some(index) = this.vqs.iter().position(|v| v.0.get() == vq) {
-        D::kick(this, index);
+        D::handle(this, index);
+    }
+}
+
+/// The work of every backend poll of a [`VhostDev<D, N>`].
+///
+/// # Safety
+///
+/// `work` must be the `work` of a backend poll of a live `VhostDev<D, N>`; the vhost core
+/// guarantees it for the polls initialised by [`VhostDev::new`].
+unsafe extern "C" fn poll_trampoline<D: Driver<N>, const N: usize>(
+    work: *mut bindings::vhost_work,
+) {
+    // SAFETY: By the function's contract `work` is embedded in a `vhost_poll`.
+    let poll = unsafe { kernel::container_of!(work, bindings::vhost_poll, work) };
+    // SAFETY: The poll was initialised with the device's `vhost_dev`, the first field of the
+    // `VhostDev<D, N>` (type invariant).
+    let this = unsafe { &*(*poll).dev.cast::<VhostDev<D, N>>() };
+    if let Some(index) = this.polls.iter().position(|p| p.get() == poll) {
+        D::handle(this, index);
     }
 }
 
@@ -117,6 +172,11 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
             unsafe {
                 addr_of_mut!((*slot).dev).write_bytes(0, 1);
                 addr_of_mut!((*slot).vqs).write_bytes(0, 1);
+                addr_of_mut!((*slot).polls).write_bytes(0, 1);
+            }
+            for i in 0..N {
+                // SAFETY: `i < N` and `slot` is valid for writes.
+                unsafe { addr_of_mut!((*slot).backends[i]).write(UnsafeCell::new(None)) };
             }
             // SAFETY: `data` is a pinned initialiser and `slot.data` is valid for it; on error
             // nothing else has been initialised that needs dropping.
@@ -145,6 +205,20 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
                     None,
                 )
             };
+            for (i, events) in D::BACKEND_EVENTS.iter().enumerate() {
+                // SAFETY: `polls[i]` is zeroed and pinned; `dev` and `vqs[i]` are initialised
+                // and outlive it.
+                // INVARIANT: `polls[i]` is initialised for `vqs[i]` with the trampoline.
+                unsafe {
+                    bindings::vhost_poll_init(
+                        (*slot).polls[i].get(),
+                        Some(poll_trampoline::<D, N>),
+                        *events,
+                        (*slot).dev.get(),
+                        (*slot).vqs[i].0.get(),
+                    )
+                };
+            }
             Ok(())
         };
         // SAFETY: `init` initialises every field of the slot or fails having left nothing
@@ -168,26 +242,53 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
         }
     }
 
-    /// Virtqueue `index`.
+    /// Takes the mutex of virtqueue `index`. Lock order: after the device mutex.
     ///
     /// # Errors
     ///
     /// `ENOBUFS` if `index` is not below `N` (the errno vhost-net gives a bad queue index).
-    pub(crate) fn vq(&self, index: u32) -> Result<&Virtqueue> {
+    pub(crate) fn vq(&self, index: u32) -> Result<VqGuard<'_, D, N>> {
         let index = usize::try_from(index).map_err(|_| ENOBUFS)?;
-        self.vqs.get(index).ok_or(ENOBUFS)
+        let vq = self.vqs.get(index).ok_or(ENOBUFS)?;
+        // SAFETY: `vq.mutex` was initialised by `vhost_dev_init()` and lives as long as
+        // `self`.
+        let mutex = unsafe { Mutex::from_raw(addr_of_mut!((*vq.0.get()).mutex)) };
+        Ok(VqGuard {
+            dev: self,
+            index,
+            _guard: mutex.lock(),
+        })
+    }
+
+    /// Detaches every backend and stops its poll; the caller flushes the worker, then drops
+    /// the backends (which may sleep) without holding the virtqueue mutexes.
+    fn take_backends(&self) -> KVec<D::Backend> {
+        let mut taken = KVec::new();
+        for index in 0..N as u32 {
+            if let Ok(vq) = self.vq(index) {
+                if let Ok(Some(old)) = vq.replace_backend(None) {
+                    // On allocation failure the backend is dropped here, under the mutex:
+                    // its poll is already stopped, and dropping only puts a file reference.
+                    let _ = taken.push(old, GFP_KERNEL);
+                }
+            }
+        }
+        taken
     }
 }
 
 impl<D: Driver<N>, const N: usize> Drop for VhostDev<D, N> {
     fn drop(&mut self) {
+        let backends = self.take_backends();
         // SAFETY: The device was initialised (type invariant) and is torn down exactly once,
-        // here; `vhost_dev_stop()` stops the polls and flushes the worker before
+        // here, after its backends were detached: `vhost_dev_stop()` stops the kick polls and
+        // flushes the worker, so no handler runs when the backends are dropped, and
         // `vhost_dev_cleanup()` releases the owner, worker, memory table and eventfds.
         unsafe {
             bindings::vhost_dev_stop(self.raw());
             bindings::vhost_dev_cleanup(self.raw());
         }
+        drop(backends);
     }
 }
 
@@ -235,27 +336,31 @@ impl<D: Driver<N>, const N: usize> DevGuard<'_, D, N> {
         check_long(unsafe { bindings::vhost_dev_set_owner(self.dev.raw()) }).map(|_| ())
     }
 
-    /// Drops the owner and everything set up under it (memory table, rings, eventfds), as
-    /// `VHOST_RESET_OWNER` asks. The driver must have stopped its backends first.
+    /// Drops the owner and everything set up under it (backends, memory table, rings,
+    /// eventfds), as `VHOST_RESET_OWNER` asks. Returns the detached backends, for the caller
+    /// to drop after releasing the device mutex.
     ///
     /// # Errors
     ///
     /// `EPERM` if the caller is not the owner, `ENOMEM` if the empty memory table that
     /// replaces the current one cannot be allocated.
-    pub(crate) fn reset_owner(&self) -> Result {
+    pub(crate) fn reset_owner(&self) -> Result<KVec<D::Backend>> {
         self.check_owner()?;
         // SAFETY: Allocates an empty IOTLB; no precondition.
         let umem = unsafe { bindings::vhost_dev_reset_owner_prepare() };
         if umem.is_null() {
             return Err(ENOMEM);
         }
+        let backends = self.dev.take_backends();
+        self.flush();
         // SAFETY: The device is initialised and its mutex held; `umem` is a fresh IOTLB whose
-        // ownership passes to the device.
+        // ownership passes to the device. The backends are detached, so resetting the
+        // virtqueues (which clears their `private_data`) keeps the backend invariant.
         unsafe {
             bindings::vhost_dev_stop(self.dev.raw());
             bindings::vhost_dev_reset_owner(self.dev.raw(), umem);
         }
-        Ok(())
+        Ok(backends)
     }
 
     /// Waits until every work queued on the device's workers has run.
@@ -296,40 +401,217 @@ impl<D: Driver<N>, const N: usize> DevGuard<'_, D, N> {
     }
 }
 
-impl Virtqueue {
-    fn raw(&self) -> *mut bindings::vhost_virtqueue {
-        self.0.get()
-    }
-
-    /// Takes the virtqueue's mutex. Lock order: after the device mutex.
-    pub(crate) fn lock(&self) -> VqGuard<'_> {
-        // SAFETY: `vq.mutex` was initialised by `vhost_dev_init()` and lives as long as the
-        // device, which outlives `self`.
-        let mutex = unsafe { Mutex::from_raw(addr_of_mut!((*self.raw()).mutex)) };
-        VqGuard {
-            vq: self,
-            _guard: mutex.lock(),
-        }
-    }
-}
-
-/// A [`Virtqueue`] whose mutex is held.
-pub(crate) struct VqGuard<'a> {
-    vq: &'a Virtqueue,
+/// Virtqueue `index` of a [`VhostDev`], with its mutex held.
+pub(crate) struct VqGuard<'a, D: Driver<N>, const N: usize> {
+    dev: &'a VhostDev<D, N>,
+    index: usize,
     _guard: Guard<'a, (), MutexBackend>,
 }
 
-impl VqGuard<'_> {
+impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
+    fn raw(&self) -> *mut bindings::vhost_virtqueue {
+        // The index was checked when the guard was made.
+        self.dev
+            .vqs
+            .get(self.index)
+            .map_or(core::ptr::null_mut(), |vq| vq.0.get())
+    }
+
+    fn poll(&self) -> *mut bindings::vhost_poll {
+        self.dev
+            .polls
+            .get(self.index)
+            .map_or(core::ptr::null_mut(), |p| p.get())
+    }
+
+    fn backend_slot(&self) -> *mut Option<D::Backend> {
+        self.dev
+            .backends
+            .get(self.index)
+            .map_or(core::ptr::null_mut(), |b| b.get())
+    }
+
     /// Whether the ring addresses (and the log, if enabled) are accessible.
     pub(crate) fn access_ok(&self) -> bool {
         // SAFETY: The virtqueue is initialised and its mutex is held.
-        unsafe { bindings::vhost_vq_access_ok(self.vq.raw()) }
+        unsafe { bindings::vhost_vq_access_ok(self.raw()) }
     }
 
     /// Records the features the VMM acknowledged.
     pub(crate) fn set_acked_features(&self, features: &[u64; crate::uapi::FEATURE_WORDS]) {
         // SAFETY: The virtqueue is initialised and its mutex is held; `features` has the
         // kernel's number of feature words.
-        unsafe { bindings::vnzc_vq_set_acked_features(self.vq.raw(), features.as_ptr()) }
+        unsafe { bindings::vnzc_vq_set_acked_features(self.raw(), features.as_ptr()) }
+    }
+
+    /// Whether feature `bit` was acknowledged.
+    pub(crate) fn has_feature(&self, bit: u32) -> bool {
+        let Ok(bit) = i32::try_from(bit) else {
+            return false;
+        };
+        // SAFETY: The virtqueue is initialised and its mutex is held.
+        unsafe { bindings::vnzc_vq_has_feature(self.raw(), bit) }
+    }
+
+    /// The attached backend, if any.
+    pub(crate) fn backend(&self) -> Option<&D::Backend> {
+        // SAFETY: The slot is only accessed under this virtqueue's mutex, which `self` holds
+        // for the lifetime of the returned reference.
+        unsafe { (*self.backend_slot()).as_ref() }
+    }
+
+    /// Attaches `new` (or detaches, for `None`) and returns the previous backend, which the
+    /// caller drops after flushing the worker. The new backend's file is polled from now on.
+    ///
+    /// # Errors
+    ///
+    /// The errno of `vhost_vq_init_access()` (the used ring cannot be read) or of starting
+    /// the poll (`EINVAL` if the file reports an error); the previous backend then stays
+    /// attached and `new` is dropped.
+    pub(crate) fn replace_backend(&self, new: Option<D::Backend>) -> Result<Option<D::Backend>> {
+        self.stop_poll();
+        // SAFETY: The slot is only accessed under this virtqueue's mutex, which is held.
+        let slot = unsafe { &mut *self.backend_slot() };
+        let old = core::mem::replace(slot, new);
+        self.sync_private_data();
+        // SAFETY: The virtqueue is initialised and its mutex is held.
+        let r = to_result(unsafe { bindings::vhost_vq_init_access(self.raw()) })
+            .and_then(|()| self.start_poll());
+        if let Err(e) = r {
+            let failed = core::mem::replace(slot, old);
+            self.sync_private_data();
+            // Restarting the poll of the backend that was already attached cannot fail in a
+            // way the caller could act on; it was polled until a moment ago.
+            let _ = self.start_poll();
+            drop(failed);
+            return Err(e);
+        }
+        Ok(old)
+    }
+
+    /// INVARIANT: `private_data` is non-null exactly when a backend is attached; its value
+    /// is the backend's file, which nothing in the vhost core dereferences.
+    fn sync_private_data(&self) {
+        let data = self
+            .backend()
+            .map_or(core::ptr::null_mut(), |b| b.file().as_ptr().cast());
+        // SAFETY: The virtqueue is initialised and its mutex is held.
+        unsafe { bindings::vnzc_vq_set_backend(self.raw(), data) }
+    }
+
+    /// Starts polling the backend's file (after the socket was full, for example).
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` if the file reports an error condition.
+    pub(crate) fn start_poll(&self) -> Result {
+        let Some(backend) = self.backend() else {
+            return Ok(());
+        };
+        // SAFETY: The poll is initialised; the file is the attached backend's, which stays
+        // referenced until after `stop_poll()` (type invariant of `VhostDev`).
+        to_result(unsafe { bindings::vhost_poll_start(self.poll(), backend.file().as_ptr()) })
+    }
+
+    fn stop_poll(&self) {
+        // SAFETY: The poll is initialised; stopping one that is not started is a no-op.
+        unsafe { bindings::vhost_poll_stop(self.poll()) }
+    }
+
+    /// Prefetches the ring metadata; `false` if the rings are not accessible.
+    pub(crate) fn prefetch(&self) -> bool {
+        // SAFETY: The virtqueue is initialised and its mutex is held.
+        unsafe { bindings::vq_meta_prefetch(self.raw()) != 0 }
+    }
+
+    /// Takes the next available chain, `None` if the avail ring is empty.
+    ///
+    /// # Errors
+    ///
+    /// The vhost core's errno for a malformed chain (it has already reported it on the
+    /// error eventfd).
+    pub(crate) fn get_desc(&self) -> Result<Option<Chain>> {
+        let vq = self.raw();
+        let (mut out, mut inn, mut ndesc) = (0u32, 0u32, 0u32);
+        // SAFETY: The virtqueue is initialised and its mutex is held; the iovec array is the
+        // virtqueue's own, of `UIO_MAXIOV` entries.
+        let head = unsafe {
+            bindings::vhost_get_vq_desc_n(
+                vq,
+                addr_of_mut!((*vq).iov).cast(),
+                kernel::bindings::UIO_MAXIOV,
+                &mut out,
+                &mut inn,
+                core::ptr::null_mut(),
+                core::ptr::null_mut(),
+                &mut ndesc,
+            )
+        };
+        to_result(head.min(0))?;
+        // SAFETY: As above; `num` is only written under the mutex.
+        let num = unsafe { (*vq).num };
+        let head = head.unsigned_abs();
+        if head == num {
+            return Ok(None);
+        }
+        Ok(Some(Chain {
+            head,
+            out,
+            inn,
+            ndesc,
+        }))
+    }
+
+    /// The first `count` iovecs of the last chain taken.
+    pub(crate) fn iov(&self, count: u32) -> &[kernel::bindings::iovec] {
+        let vq = self.raw();
+        // SAFETY: The array is the virtqueue's own and is only written by `get_desc()`, under
+        // the mutex `self` holds for the lifetime of the slice.
+        let all: &[kernel::bindings::iovec] = unsafe { &(*vq).iov };
+        let count = usize::try_from(count).unwrap_or(usize::MAX).min(all.len());
+        all.get(..count).unwrap_or(&[])
+    }
+
+    /// Gives `chain` back to the avail ring, to be taken again next time.
+    pub(crate) fn discard(&self, chain: &Chain) {
+        // SAFETY: The virtqueue is initialised and its mutex is held; `chain` was the last
+        // chain taken.
+        unsafe { bindings::vhost_discard_vq_desc(self.raw(), 1, chain.ndesc) }
+    }
+
+    /// Returns `chain` to the guest in the used ring with `len` bytes written, and signals
+    /// the call eventfd if the guest wants it.
+    pub(crate) fn add_used_and_signal(&self, chain: &Chain, len: u32) {
+        let len = i32::try_from(len).unwrap_or(i32::MAX);
+        // SAFETY: The device and virtqueue are initialised and the virtqueue mutex is held.
+        unsafe {
+            bindings::vhost_add_used_and_signal(self.dev.dev.get(), self.raw(), chain.head, len)
+        }
+    }
+
+    /// Asks the guest for kicks again; `true` if buffers arrived meanwhile.
+    pub(crate) fn enable_notify(&self) -> bool {
+        // SAFETY: The device and virtqueue are initialised and the virtqueue mutex is held.
+        unsafe { bindings::vhost_enable_notify(self.dev.dev.get(), self.raw()) }
+    }
+
+    /// Asks the guest not to kick while the handler runs.
+    pub(crate) fn disable_notify(&self) {
+        // SAFETY: The device and virtqueue are initialised and the virtqueue mutex is held.
+        unsafe { bindings::vhost_disable_notify(self.dev.dev.get(), self.raw()) }
+    }
+
+    /// Whether the handler used up its share of the worker (and requeued itself).
+    pub(crate) fn exceeds_weight(&self, packets: usize, bytes: usize) -> bool {
+        let packets = i32::try_from(packets).unwrap_or(i32::MAX);
+        let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+        // SAFETY: The virtqueue is initialised and its mutex is held.
+        unsafe { bindings::vhost_exceeds_weight(self.raw(), packets, bytes) }
+    }
+
+    /// Reports a guest mistake: a debug line and a signal on the error eventfd.
+    pub(crate) fn report(&self, msg: &CStr) {
+        // SAFETY: The virtqueue is initialised; `msg` is NUL-terminated.
+        unsafe { bindings::vnzc_vq_err(self.raw(), msg.as_char_ptr()) }
     }
 }

@@ -14,12 +14,14 @@
 //! - [`ffi`]: bindgen declarations for the vhost core, generated from the target tree;
 //! - [`uapi`]: the ioctl numbers and feature bits;
 //! - [`vhost`]: safe abstractions over the vhost core (device, virtqueues, locks);
-//! - [`net`]: the misc device and its ioctls.
+//! - [`socket`]: the tap, macvtap and packet sockets virtqueues are attached to;
+//! - [`net`]: the misc device, its ioctls and the datapath.
 //!
 //! See `Documentation/vhost-net-zc.rst` for the administrator's view.
 
 mod ffi;
 mod net;
+mod socket;
 mod uapi;
 mod vhost;
 

@@ -64,7 +64,7 @@ EOT
 		changed=1
 	fi
 	if [ "$changed" = 1 ] || [ ! -d /var/lib/apt/lists ] ||
-	   ! ls /var/lib/apt/lists/*trixie-backports*Packages >/dev/null 2>&1; then
+	   ! ls /var/lib/apt/lists/*trixie-backports*Packages* >/dev/null 2>&1; then
 		log "apt-get update"
 		apt-get update -qq
 	fi

@@ -13,7 +13,11 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <net/if.h>
 #include <unistd.h>
 #include <linux/virtio_config.h>
 
@@ -249,6 +253,59 @@ TEST_F(abi, backend_checks)
 	}
 	/* Detaching when nothing is attached succeeds. */
 	SAME(0, VHOST_NET_SET_BACKEND, &f);
+}
+
+/* What SET_BACKEND accepts on TX, and detaching, replacing, resetting and closing with it. */
+TEST_F(abi, backend_attach)
+{
+	char name[2][IFNAMSIZ];
+	int tap[2], efd, udp, pkt;
+	struct vhost_vring_file f = { .index = VG_TX };
+
+	for (int i = 0; i < NDEV; i++) {
+		ASSERT_EQ(0, vg_setup(&self->g[i], 1ULL << VIRTIO_F_VERSION_1, 256));
+		tap[i] = vg_tap_open(name[i], sizeof(name[i]));
+		ASSERT_LE(0, tap[i]);
+	}
+	efd = eventfd(0, EFD_CLOEXEC);
+	udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	pkt = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+	ASSERT_LE(0, efd);
+	ASSERT_LE(0, udp);
+	ASSERT_LE(0, pkt);
+
+	/* Not a tap, macvtap or raw packet socket. */
+	f.fd = efd;
+	SAME(ENOTSOCK, VHOST_NET_SET_BACKEND, &f);
+	f.fd = udp;
+	SAME(ENOTSOCK, VHOST_NET_SET_BACKEND, &f);
+	f.fd = 1000;
+	SAME(ENOTSOCK, VHOST_NET_SET_BACKEND, &f);
+	/* A raw packet socket, then a tap in its place, the same tap again, then detached. */
+	f.fd = pkt;
+	SAME(0, VHOST_NET_SET_BACKEND, &f);
+	SAME(0, VHOST_NET_SET_BACKEND, (f.fd = tap[g - self->g], &f));
+	SAME(0, VHOST_NET_SET_BACKEND, (f.fd = tap[g - self->g], &f));
+	/* While a backend is attached the ring cannot be resized. */
+	SAME(EBUSY, VHOST_SET_VRING_NUM, (&(struct vhost_vring_state){ .index = VG_TX, .num = 128 }));
+	f.fd = -1;
+	SAME(0, VHOST_NET_SET_BACKEND, &f);
+	SAME(0, VHOST_SET_VRING_NUM, (&(struct vhost_vring_state){ .index = VG_TX, .num = 128 }));
+	SAME(0, VHOST_SET_VRING_NUM, (&(struct vhost_vring_state){ .index = VG_TX, .num = 256 }));
+	/* Attached at RESET_OWNER: the reset detaches it. */
+	SAME(0, VHOST_NET_SET_BACKEND, (f.fd = tap[g - self->g], &f));
+	SAME(0, VHOST_RESET_OWNER, NULL);
+	/* Attached at close: teardown releases it (checked by kmemleak and the log). */
+	for (int i = 0; i < NDEV; i++) {
+		self->g[i].mem_used = 0;
+		ASSERT_EQ(0, vg_setup(&self->g[i], 1ULL << VIRTIO_F_VERSION_1, 256));
+	}
+	SAME(0, VHOST_NET_SET_BACKEND, (f.fd = tap[g - self->g], &f));
+	close(efd);
+	close(udp);
+	close(pkt);
+	for (int i = 0; i < NDEV; i++)
+		close(tap[i]);
 }
 
 TEST_F(abi, full_setup_and_reset)

@@ -72,7 +72,7 @@ FIXTURE_SETUP(net)
 #define ATTACH(idx) do {							\
 	int __r = vg_set_backend(&self->g, (idx), self->tap_fd);		\
 	if (__r == -EOPNOTSUPP)							\
-		SKIP(return, "%s: no datapath yet (SET_BACKEND: EOPNOTSUPP)",	\
+		SKIP(return, "%s: no datapath on this queue yet (SET_BACKEND: EOPNOTSUPP)",	\
 		     variant->dev);						\
 	ASSERT_EQ(0, __r) TH_LOG("SET_BACKEND: %s", strerror(-__r));		\
 } while (0)

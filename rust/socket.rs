@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The sockets a vhost-net virtqueue is attached to: tap (tun), macvtap (tap) or a raw
+//! `AF_PACKET` socket, found from the file descriptor `VHOST_NET_SET_BACKEND` passes.
+//!
+//! C headers: [`include/linux/if_tun.h`](srctree/include/linux/if_tun.h),
+//! [`include/linux/if_tap.h`](srctree/include/linux/if_tap.h),
+//! [`include/linux/net.h`](srctree/include/linux/net.h).
+
+use core::ptr::NonNull;
+
+use kernel::{
+    bindings as kb,
+    fs::File,
+    prelude::*, //
+};
+
+use crate::{
+    ffi::bindings,
+    vhost::Backend, //
+};
+
+/// A socket a virtqueue sends to or receives from.
+///
+/// # Invariants
+///
+/// `sock` is a live socket and `self` owns one reference to `sock->file`, which keeps the
+/// socket alive.
+pub(crate) struct Socket {
+    sock: NonNull<kb::socket>,
+}
+
+// SAFETY: A socket reference may be used and released from any thread; socket operations do
+// their own locking.
+unsafe impl Send for Socket {}
+// SAFETY: As above: `&Socket` only gives access to the socket's thread-safe operations.
+unsafe impl Sync for Socket {}
+
+impl Socket {
+    /// The socket behind `fd`, as vhost-net finds it: a raw `AF_PACKET` socket, else a tap or
+    /// macvtap file's socket.
+    ///
+    /// # Errors
+    ///
+    /// `ENOTSOCK` if `fd` is none of these (including a closed descriptor), as vhost-net.
+    pub(crate) fn from_fd(fd: i32) -> Result<Self> {
+        Self::raw_packet(fd)
+            .or_else(|_| Self::tap(fd))
+            .map_err(|_| ENOTSOCK)
+    }
+
+    fn raw_packet(fd: i32) -> Result<Self> {
+        let mut err = 0;
+        // SAFETY: `sockfd_lookup()` takes any descriptor number; on success it returns the
+        // socket with a reference taken on its file.
+        let sock = NonNull::new(unsafe { kb::sockfd_lookup(fd, &mut err) }).ok_or(ENOTSOCK)?;
+        // INVARIANT: the lookup took a file reference, which `Drop` puts.
+        let this = Self { sock };
+        // SAFETY: `sock` is live (just looked up).
+        let (ty, family) = unsafe {
+            (
+                bindings::vnzc_sock_type(sock.as_ptr().cast()),
+                bindings::vnzc_sock_family(sock.as_ptr().cast()),
+            )
+        };
+        if ty != kb::sock_type_SOCK_RAW as i32 {
+            return Err(ESOCKTNOSUPPORT);
+        }
+        if family != kb::AF_PACKET as i32 {
+            return Err(EPFNOSUPPORT);
+        }
+        Ok(this)
+    }
+
+    fn tap(fd: i32) -> Result<Self> {
+        // SAFETY: `fget()` takes any descriptor number and returns a referenced file or null.
+        let file = NonNull::new(unsafe { kb::fget(fd as u32) }).ok_or(EBADF)?;
+        // SAFETY: `file` is referenced; each function returns its socket or an `ERR_PTR`.
+        let sock = unsafe {
+            let s = bindings::tun_get_socket(file.as_ptr().cast());
+            if kb::IS_ERR(s as *const c_void) {
+                bindings::tap_get_socket(file.as_ptr().cast())
+            } else {
+                s
+            }
+        };
+        // SAFETY: `sock` came from the functions above.
+        if unsafe { kb::IS_ERR(sock as *const c_void) } || sock.is_null() {
+            // SAFETY: The reference taken by `fget()` above.
+            unsafe { kb::fput(file.as_ptr()) };
+            return Err(ENOTSOCK);
+        }
+        // INVARIANT: the reference `fget()` took on the file, which is `sock->file`, moves
+        // into `self`.
+        Ok(Self {
+            sock: NonNull::new(sock.cast()).ok_or(ENOTSOCK)?,
+        })
+    }
+
+    /// Sends one packet gathered from `iov`, whose first `skip` bytes (a virtio-net header
+    /// the socket does not take) are left out. Does not block.
+    ///
+    /// # Errors
+    ///
+    /// The socket's errno; `EAGAIN`, `ENOMEM` or `ENOBUFS` when it is full for now.
+    pub(crate) fn send(&self, iov: &[kb::iovec], skip: usize, len: usize) -> Result<usize> {
+        // SAFETY: `msghdr` is a C struct for which all zeroes is a valid empty message.
+        let mut msg: kb::msghdr = unsafe { core::mem::zeroed() };
+        msg.msg_flags = kb::MSG_DONTWAIT;
+        let total = len.checked_add(skip).ok_or(EINVAL)?;
+        // SAFETY: `iov` is a valid array of user iovecs for the duration of the call; the
+        // iterator only reads user memory through them, with the usual fault checks.
+        unsafe {
+            kb::iov_iter_init(
+                &mut msg.msg_iter,
+                kb::ITER_SOURCE,
+                iov.as_ptr(),
+                iov.len(),
+                total,
+            );
+            kb::iov_iter_advance(&mut msg.msg_iter, skip);
+        }
+        let sock = self.sock.as_ptr();
+        // SAFETY: The socket is live (type invariant); its `ops` table is set for its
+        // lifetime.
+        let sendmsg = unsafe { (*(*sock).ops).sendmsg }.ok_or(EOPNOTSUPP)?;
+        // SAFETY: `sock` is live, `msg` is a valid message for this call.
+        let r = unsafe { sendmsg(sock, &mut msg, len) };
+        if r < 0 {
+            return Err(Error::from_errno(r));
+        }
+        Ok(r.unsigned_abs() as usize)
+    }
+
+    /// Whether `other` is this same socket.
+    pub(crate) fn same(&self, other: &Socket) -> bool {
+        self.sock == other.sock
+    }
+}
+
+impl Backend for Socket {
+    fn file(&self) -> &File {
+        // SAFETY: `self` holds a reference to the socket's file (type invariant), for at
+        // least as long as the returned borrow; the file is never used with `fdget_pos`.
+        unsafe { File::from_raw_file((*self.sock.as_ptr()).file) }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: `self` owns one reference to `sock->file` (type invariant).
+        unsafe { kb::fput((*self.sock.as_ptr()).file) }
+    }
+}
