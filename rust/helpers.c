@@ -4,6 +4,7 @@
  */
 
 #include <linux/net.h>
+#include <linux/if_vlan.h>
 #include <net/sock.h>
 
 #include "vhost.h"
@@ -43,6 +44,47 @@ void vnzc_vq_set_acked_features(struct vhost_virtqueue *vq, const u64 *features)
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg)
 {
 	vq_err(vq, "vhost_net_zc: %s\n", msg);
+}
+
+/* The ring's byte order: little endian for VERSION_1 devices, else the legacy native one. */
+u32 vnzc_cpu_to_vhost32(struct vhost_virtqueue *vq, u32 v)
+{
+	return (__force u32)cpu_to_vhost32(vq, v);
+}
+
+u32 vnzc_vhost32_to_cpu(struct vhost_virtqueue *vq, u32 v)
+{
+	return vhost32_to_cpu(vq, (__force __virtio32)v);
+}
+
+u16 vnzc_cpu_to_vhost16(struct vhost_virtqueue *vq, u16 v)
+{
+	return (__force u16)cpu_to_vhost16(vq, v);
+}
+
+/*
+ * Length of the packet at the head of a backend socket's queue, 0 if empty: tun and tap
+ * peek their rings (->peek_len); a packet socket's queue is peeked under its lock, with the
+ * VLAN tag the copy to the guest will insert.
+ */
+int vnzc_sock_peek_len(struct socket *sock)
+{
+	struct sock *sk = sock->sk;
+	struct sk_buff *head;
+	unsigned long flags;
+	int len = 0;
+
+	if (sock->ops->peek_len)
+		return sock->ops->peek_len(sock);
+	spin_lock_irqsave(&sk->sk_receive_queue.lock, flags);
+	head = skb_peek(&sk->sk_receive_queue);
+	if (head) {
+		len = head->len;
+		if (skb_vlan_tag_present(head))
+			len += VLAN_HLEN;
+	}
+	spin_unlock_irqrestore(&sk->sk_receive_queue.lock, flags);
+	return len;
 }
 
 /* Fields of struct sock, which Rust sees only as an opaque type. */

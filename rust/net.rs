@@ -9,8 +9,8 @@
 //!
 //! Implemented so far: feature negotiation, owner set and reset, everything the vhost core
 //! handles generically (memory table, dirty log, vring setup, kick/call/err eventfds,
-//! busy-loop timeout), backends (tap, macvtap, raw packet sockets) and the TX copy path.
-//! Attaching a backend to the RX virtqueue answers `EOPNOTSUPP` until the RX path exists.
+//! busy-loop timeout), backends (tap, macvtap, raw packet sockets), the TX copy path and
+//! the RX path (with mergeable buffers and dirty logging).
 
 use kernel::{
     fs::File,
@@ -31,6 +31,7 @@ use crate::{
     vhost::{
         Driver,
         Limits,
+        RxGather,
         VhostDev,
         VqGuard, //
     },
@@ -72,10 +73,13 @@ impl Driver<NVQS> for NetState {
     ];
 
     fn handle(dev: &VhostDev<Self, NVQS>, index: usize) {
-        if index == TX {
-            if let Ok(vq) = dev.vq(TX as u32) {
-                handle_tx(&vq);
-            }
+        let Ok(vq) = dev.vq(index as u32) else {
+            return;
+        };
+        match index {
+            TX => handle_tx(&vq),
+            RX => handle_rx(&vq),
+            _ => {}
         }
     }
 }
@@ -99,6 +103,98 @@ fn vhost_hdr_len(vq: &NetVq<'_>) -> usize {
         net_hdr_len(vq)
     } else {
         0
+    }
+}
+
+/// Size of `struct virtio_net_hdr`, where `num_buffers` of the mergeable header follows.
+const NET_HDR_BASE: usize = size_of::<crate::ffi::bindings::virtio_net_hdr>();
+
+/// Moves packets from the socket into the guest's RX buffers until the socket is empty, the
+/// guest has no buffers, or the handler's weight is used up.
+fn handle_rx(vq: &NetVq<'_>) {
+    let Some(sock) = vq.backend() else {
+        return;
+    };
+    if !vq.prefetch() {
+        return;
+    }
+    vq.disable_notify();
+    // Not woken by the socket while draining it; polled again once it is empty.
+    vq.stop_poll();
+    let vhost_hlen = vhost_hdr_len(vq);
+    let sock_hlen = if vhost_hlen == 0 { net_hdr_len(vq) } else { 0 };
+    let mergeable = vq.has_feature(crate::ffi::bindings::VIRTIO_NET_F_MRG_RXBUF);
+    let quota = if mergeable {
+        kernel::bindings::UIO_MAXIOV
+    } else {
+        1
+    };
+    let (mut packets, mut bytes) = (0usize, 0usize);
+    let mut drained = false;
+    loop {
+        let Some(peeked) = sock.peek_len() else {
+            drained = true;
+            break;
+        };
+        let sock_len = peeked.saturating_add(sock_hlen);
+        let vhost_len = sock_len.saturating_add(vhost_hlen);
+        let bufs = match vq.get_rx_bufs(vhost_len, quota) {
+            Ok(RxGather::Bufs(bufs)) => bufs,
+            Ok(RxGather::Empty) => {
+                // No buffers: ask for kicks, unless buffers slipped in meanwhile.
+                if vq.enable_notify() {
+                    vq.disable_notify();
+                    continue;
+                }
+                break;
+            }
+            Ok(RxGather::Overrun) => {
+                // Larger than every buffer the guest may chain: drop it.
+                let _ = sock.recv(&[], 0, 0);
+                pr_debug!(
+                    "RX: dropped a {} byte packet larger than the buffers\n",
+                    sock_len
+                );
+                continue;
+            }
+            // The chain was malformed and reported; stop until the next kick.
+            Err(_) => break,
+        };
+        match sock.recv(vq.iov(bufs.iovs), vhost_hlen, sock_len) {
+            Ok(n) if n == sock_len => {}
+            r => {
+                pr_debug!("RX: discarded a packet: {:?}, expected {}\n", r, sock_len);
+                vq.discard_rx(&bufs);
+                continue;
+            }
+        }
+        // With VHOST_NET_F_VIRTIO_NET_HDR vhost supplies the header: no offloads.
+        if vhost_hlen != 0 && vq.write_iov(bufs.iovs, 0, &[0u8; NET_HDR_BASE]).is_err() {
+            vq.report(c"Unable to write vnet_hdr");
+            vq.discard_rx(&bufs);
+            break;
+        }
+        if mergeable {
+            let count = vq.to_vhost16(u16::try_from(bufs.heads).unwrap_or(u16::MAX));
+            if vq
+                .write_iov(bufs.iovs, NET_HDR_BASE, &count.to_ne_bytes())
+                .is_err()
+            {
+                vq.report(c"Failed num_buffers write");
+                vq.discard_rx(&bufs);
+                break;
+            }
+        }
+        vq.log_rx(&bufs, vhost_len);
+        vq.add_used_rx_and_signal(&bufs);
+        packets += 1;
+        bytes = bytes.saturating_add(vhost_len);
+        if vq.exceeds_weight(packets, bytes) {
+            break;
+        }
+    }
+    if drained {
+        let _ = vq.start_poll();
     }
 }
 
@@ -309,8 +405,7 @@ impl VhostNetZc {
     /// - `EFAULT`: the argument cannot be read, or the ring is not set up;
     /// - `EPERM`: the caller is not the owner;
     /// - `ENOBUFS`: the index is not a virtqueue;
-    /// - `ENOTSOCK`: `fd` is not a tap, macvtap or raw packet socket;
-    /// - `EOPNOTSUPP`: a socket for the RX virtqueue (the RX path does not exist yet).
+    /// - `ENOTSOCK`: `fd` is not a tap, macvtap or raw packet socket.
     fn set_backend(&self, arg: UserPtr) -> Result<isize> {
         let backend: VringFile = UserSlice::new(arg, size_of::<VringFile>())
             .reader()
@@ -328,10 +423,6 @@ impl VhostNetZc {
             -1 => None,
             fd => Some(Socket::from_fd(fd)?),
         };
-        if sock.is_some() && backend.index as usize == RX {
-            pr_debug!("SET_BACKEND on RX: the RX path is not implemented\n");
-            return Err(EOPNOTSUPP);
-        }
         let unchanged = match (&sock, vq.backend()) {
             (Some(new), Some(old)) => new.same(old),
             (None, None) => true,

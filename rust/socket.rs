@@ -132,6 +132,49 @@ impl Socket {
         Ok(r.unsigned_abs() as usize)
     }
 
+    /// Length of the packet at the head of the socket's queue, `None` if it is empty.
+    pub(crate) fn peek_len(&self) -> Option<usize> {
+        // SAFETY: The socket is live (type invariant).
+        let len = unsafe { bindings::vnzc_sock_peek_len(self.sock.as_ptr().cast()) };
+        usize::try_from(len).ok().filter(|&l| l > 0)
+    }
+
+    /// Receives one packet into the buffers `iov` describes, from byte `skip` on (room for
+    /// a header vhost writes itself), `len` bytes at most; a longer packet is truncated.
+    /// With an empty `iov`, drops the packet. Does not block.
+    ///
+    /// # Errors
+    ///
+    /// The socket's errno.
+    pub(crate) fn recv(&self, iov: &[kb::iovec], skip: usize, len: usize) -> Result<usize> {
+        // SAFETY: `msghdr` is a C struct for which all zeroes is a valid empty message.
+        let mut msg: kb::msghdr = unsafe { core::mem::zeroed() };
+        let total = len.checked_add(skip).ok_or(EINVAL)?;
+        // SAFETY: `iov` is a valid array of user iovecs for the duration of the call; the
+        // iterator only writes user memory through them, with the usual fault checks.
+        unsafe {
+            kb::iov_iter_init(
+                &mut msg.msg_iter,
+                kb::ITER_DEST,
+                iov.as_ptr(),
+                iov.len(),
+                total,
+            );
+            kb::iov_iter_advance(&mut msg.msg_iter, skip);
+        }
+        let sock = self.sock.as_ptr();
+        // SAFETY: The socket is live (type invariant); its `ops` table is set for its
+        // lifetime.
+        let recvmsg = unsafe { (*(*sock).ops).recvmsg }.ok_or(EOPNOTSUPP)?;
+        let flags = (kb::MSG_DONTWAIT | kb::MSG_TRUNC) as i32;
+        // SAFETY: `sock` is live, `msg` is a valid message for this call.
+        let r = unsafe { recvmsg(sock, &mut msg, len, flags) };
+        if r < 0 {
+            return Err(Error::from_errno(r));
+        }
+        Ok(r.unsigned_abs() as usize)
+    }
+
     /// Whether `other` is this same socket.
     pub(crate) fn same(&self, other: &Socket) -> bool {
         self.sock == other.sock

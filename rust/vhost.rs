@@ -89,6 +89,32 @@ pub(crate) struct Chain {
     ndesc: u32,
 }
 
+/// The buffers [`VqGuard::get_rx_bufs`] gathered for one packet.
+pub(crate) struct RxBufs {
+    /// Number of chains (used elements).
+    pub(crate) heads: u32,
+    /// Number of iovecs they were translated to.
+    pub(crate) iovs: u32,
+    ndesc: u32,
+    nlog: u32,
+}
+
+/// What [`VqGuard::get_rx_bufs`] found.
+pub(crate) enum RxGather {
+    /// Buffers for the whole packet.
+    Bufs(RxBufs),
+    /// The avail ring ran out first; nothing was taken.
+    Empty,
+    /// The packet is larger than the buffers the quota allows; nothing was taken.
+    Overrun,
+}
+
+/// Total length of `iov`, saturating (each length is guest-controlled).
+pub(crate) fn iov_len(iov: &[kernel::bindings::iovec]) -> usize {
+    iov.iter()
+        .fold(0usize, |acc, v| acc.saturating_add(v.iov_len))
+}
+
 /// A vhost device with `N` virtqueues and driver state `D`.
 ///
 /// # Invariants
@@ -513,7 +539,8 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         to_result(unsafe { bindings::vhost_poll_start(self.poll(), backend.file().as_ptr()) })
     }
 
-    fn stop_poll(&self) {
+    /// Stops polling the backend's file (while the handler drains it).
+    pub(crate) fn stop_poll(&self) {
         // SAFETY: The poll is initialised; stopping one that is not started is a no-op.
         unsafe { bindings::vhost_poll_stop(self.poll()) }
     }
@@ -531,23 +558,42 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
     /// The vhost core's errno for a malformed chain (it has already reported it on the
     /// error eventfd).
     pub(crate) fn get_desc(&self) -> Result<Option<Chain>> {
+        self.get_desc_at(0, None)
+    }
+
+    /// Takes the next available chain into the iovec array from entry `seg` on, logging its
+    /// writable buffers from log entry `log.0` on (with `VHOST_F_LOG_ALL`) and adding the
+    /// count to `log.1`.
+    fn get_desc_at(&self, seg: usize, log: Option<(usize, &mut u32)>) -> Result<Option<Chain>> {
         let vq = self.raw();
-        let (mut out, mut inn, mut ndesc) = (0u32, 0u32, 0u32);
-        // SAFETY: The virtqueue is initialised and its mutex is held; the iovec array is the
-        // virtqueue's own, of `UIO_MAXIOV` entries.
+        let max = kernel::bindings::UIO_MAXIOV as usize;
+        let room = u32::try_from(max.checked_sub(seg).ok_or(ENOBUFS)?).map_err(|_| ENOBUFS)?;
+        let (mut out, mut inn, mut ndesc, mut nlog) = (0u32, 0u32, 0u32, 0u32);
+        // SAFETY: The virtqueue is initialised and its mutex is held; `iov + seg` leaves
+        // `room` entries of the virtqueue's own array; the log array, when logging is on, is
+        // the core's, of `UIO_MAXIOV` entries, which bounds `log.0` as `seg` bounds the iovecs.
         let head = unsafe {
+            let (log_ptr, log_num) = match &log {
+                Some((at, _)) => ((*vq).log.add(*at), &raw mut nlog),
+                None => (core::ptr::null_mut(), core::ptr::null_mut()),
+            };
             bindings::vhost_get_vq_desc_n(
                 vq,
-                addr_of_mut!((*vq).iov).cast(),
-                kernel::bindings::UIO_MAXIOV,
+                addr_of_mut!((*vq).iov)
+                    .cast::<kernel::bindings::iovec>()
+                    .add(seg),
+                room,
                 &mut out,
                 &mut inn,
-                core::ptr::null_mut(),
-                core::ptr::null_mut(),
+                log_ptr,
+                log_num,
                 &mut ndesc,
             )
         };
         to_result(head.min(0))?;
+        if let Some((_, total)) = log {
+            *total = total.saturating_add(nlog);
+        }
         // SAFETY: As above; `num` is only written under the mutex.
         let num = unsafe { (*vq).num };
         let head = head.unsigned_abs();
@@ -562,14 +608,190 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         }))
     }
 
-    /// The first `count` iovecs of the last chain taken.
-    pub(crate) fn iov(&self, count: u32) -> &[kernel::bindings::iovec] {
+    /// Gathers device-writable chains for a packet of `datalen` bytes, at most `quota` of
+    /// them, into the iovec array and the used-element array (`vq->heads`), the last
+    /// element's length trimmed to the packet.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a chain with device-readable buffers (reported as a guest error), or
+    /// the vhost core's errno for a malformed chain. The chains taken are given back.
+    pub(crate) fn get_rx_bufs(&self, datalen: usize, quota: u32) -> Result<RxGather> {
         let vq = self.raw();
-        // SAFETY: The array is the virtqueue's own and is only written by `get_desc()`, under
-        // the mutex `self` holds for the lifetime of the slice.
+        let logging = self.has_feature(bindings::VHOST_F_LOG_ALL);
+        let mut bufs = RxBufs {
+            heads: 0,
+            iovs: 0,
+            ndesc: 0,
+            nlog: 0,
+        };
+        let mut left = datalen;
+        let r = loop {
+            if left == 0 || bufs.heads >= quota {
+                break Ok(());
+            }
+            let seg = bufs.iovs as usize;
+            let log = logging.then_some((bufs.nlog as usize, &mut bufs.nlog));
+            let chain = match self.get_desc_at(seg, log) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break Err(None),
+                Err(e) => break Err(Some(e)),
+            };
+            bufs.ndesc += chain.ndesc;
+            if chain.out != 0 || chain.inn == 0 {
+                self.report(c"Unexpected descriptor format for RX");
+                break Err(Some(EINVAL));
+            }
+            let len = iov_len(self.iov_from(seg, chain.inn));
+            // SAFETY: `heads` is the core's array of `num` elements and `bufs.heads` is below
+            // `num`: each head is a distinct descriptor of the ring.
+            unsafe {
+                let elem = (*vq).heads.add(bufs.heads as usize);
+                (*elem).id = bindings::vnzc_cpu_to_vhost32(vq, chain.head);
+                (*elem).len =
+                    bindings::vnzc_cpu_to_vhost32(vq, u32::try_from(len).unwrap_or(u32::MAX));
+            }
+            left = left.saturating_sub(len);
+            bufs.heads += 1;
+            bufs.iovs += chain.inn;
+        };
+        match r {
+            Ok(()) if left == 0 => {
+                // The last buffer holds only what is left of the packet.
+                let trimmed = datalen.saturating_sub(self.sum_heads_but_last(&bufs));
+                // SAFETY: `bufs.heads >= 1` here, and below `num` (see above).
+                unsafe {
+                    let elem = (*vq).heads.add(bufs.heads as usize - 1);
+                    (*elem).len = bindings::vnzc_cpu_to_vhost32(
+                        vq,
+                        u32::try_from(trimmed).unwrap_or(u32::MAX),
+                    );
+                }
+                Ok(RxGather::Bufs(bufs))
+            }
+            Ok(()) => {
+                // Not enough buffers within the quota: the packet cannot be delivered.
+                self.discard_n(bufs.heads, bufs.ndesc);
+                Ok(RxGather::Overrun)
+            }
+            Err(None) => {
+                self.discard_n(bufs.heads, bufs.ndesc);
+                Ok(RxGather::Empty)
+            }
+            Err(Some(e)) => {
+                self.discard_n(bufs.heads, bufs.ndesc);
+                Err(e)
+            }
+        }
+    }
+
+    fn sum_heads_but_last(&self, bufs: &RxBufs) -> usize {
+        let vq = self.raw();
+        (0..bufs.heads.saturating_sub(1) as usize).fold(0usize, |acc, i| {
+            // SAFETY: `i` is below the number of heads written by `get_rx_bufs()`.
+            let len = unsafe { bindings::vnzc_vhost32_to_cpu(vq, (*(*vq).heads.add(i)).len) };
+            acc.saturating_add(len as usize)
+        })
+    }
+
+    fn discard_n(&self, heads: u32, ndesc: u32) {
+        if heads == 0 {
+            return;
+        }
+        let heads = i32::try_from(heads).unwrap_or(i32::MAX);
+        // SAFETY: The virtqueue is initialised and its mutex is held; the chains were the last
+        // taken.
+        unsafe { bindings::vhost_discard_vq_desc(self.raw(), heads, ndesc) }
+    }
+
+    /// Gives the chains of `bufs` back to the avail ring.
+    pub(crate) fn discard_rx(&self, bufs: &RxBufs) {
+        self.discard_n(bufs.heads, bufs.ndesc);
+    }
+
+    /// Returns the chains of `bufs` to the guest in the used ring and signals it.
+    pub(crate) fn add_used_rx_and_signal(&self, bufs: &RxBufs) {
+        // SAFETY: The device and virtqueue are initialised and the mutex held; `heads` holds
+        // `bufs.heads` elements written by `get_rx_bufs()`.
+        unsafe {
+            bindings::vhost_add_used_and_signal_n(
+                self.dev.dev.get(),
+                self.raw(),
+                (*self.raw()).heads,
+                core::ptr::null_mut(),
+                bufs.heads,
+            )
+        }
+    }
+
+    /// Records in the dirty log the `len` bytes written through the chains of `bufs`.
+    pub(crate) fn log_rx(&self, bufs: &RxBufs, len: usize) {
+        if !self.has_feature(bindings::VHOST_F_LOG_ALL) {
+            return;
+        }
+        let vq = self.raw();
+        // SAFETY: The virtqueue is initialised and its mutex held; the log and iovec entries
+        // were filled by `get_rx_bufs()`.
+        unsafe {
+            bindings::vhost_log_write(
+                vq,
+                (*vq).log,
+                bufs.nlog,
+                len as u64,
+                addr_of_mut!((*vq).iov).cast(),
+                i32::try_from(bufs.iovs).unwrap_or(i32::MAX),
+            )
+        };
+    }
+
+    /// Writes `data` at byte `offset` of the buffers described by the first `count` iovecs.
+    ///
+    /// # Errors
+    ///
+    /// `EFAULT` if the buffers are shorter or not writable.
+    pub(crate) fn write_iov(&self, count: u32, offset: usize, data: &[u8]) -> Result {
+        let iov = self.iov(count);
+        let total = iov_len(iov);
+        // SAFETY: An all-zero `iov_iter` is a valid value to initialise.
+        let mut iter: kernel::bindings::iov_iter = unsafe { core::mem::zeroed() };
+        // SAFETY: `iov` is valid for the call; the iterator writes user memory through it with
+        // the usual fault checks.
+        let written = unsafe {
+            kernel::bindings::iov_iter_init(
+                &mut iter,
+                kernel::bindings::ITER_DEST,
+                iov.as_ptr(),
+                iov.len(),
+                total,
+            );
+            kernel::bindings::iov_iter_advance(&mut iter, offset);
+            kernel::bindings::_copy_to_iter(data.as_ptr().cast(), data.len(), &mut iter)
+        };
+        if written == data.len() {
+            Ok(())
+        } else {
+            Err(EFAULT)
+        }
+    }
+
+    /// The 16-bit value in the ring's byte order (`__virtio16`).
+    pub(crate) fn to_vhost16(&self, v: u16) -> u16 {
+        // SAFETY: The virtqueue is initialised and its mutex is held.
+        unsafe { bindings::vnzc_cpu_to_vhost16(self.raw(), v) }
+    }
+
+    /// The first `count` iovecs of the last chains taken.
+    pub(crate) fn iov(&self, count: u32) -> &[kernel::bindings::iovec] {
+        self.iov_from(0, count)
+    }
+
+    fn iov_from(&self, seg: usize, count: u32) -> &[kernel::bindings::iovec] {
+        let vq = self.raw();
+        // SAFETY: The array is the virtqueue's own and is only written by `get_desc_at()`,
+        // under the mutex `self` holds for the lifetime of the slice.
         let all: &[kernel::bindings::iovec] = unsafe { &(*vq).iov };
-        let count = usize::try_from(count).unwrap_or(usize::MAX).min(all.len());
-        all.get(..count).unwrap_or(&[])
+        let end = seg.saturating_add(count as usize).min(all.len());
+        all.get(seg.min(end)..end).unwrap_or(&[])
     }
 
     /// Gives `chain` back to the avail ring, to be taken again next time.

@@ -40,7 +40,7 @@ static const struct {
 
 static int show(const char *dev)
 {
-	uint64_t f, bf;
+	uint64_t f, bf, known = 0;
 	int fd = open(dev, O_RDWR | O_CLOEXEC);
 
 	if (fd < 0) {
@@ -55,14 +55,15 @@ static int show(const char *dev)
 	}
 	printf("%s: features %#018llx, backend features %#llx\n", dev,
 	       (unsigned long long)f, (unsigned long long)bf);
+	/* Bit 27 has two names: ANY_LAYOUT and, for vhost-net, VIRTIO_NET_HDR. */
 	for (unsigned int i = 0; i < ARRAY_SIZE(names); i++) {
 		uint64_t b = 1ULL << names[i].bit;
 
 		printf("  %-26s %s\n", names[i].name, (f & b) ? "offered" : "-");
-		f &= ~b;
+		known |= b;
 	}
-	if (f)
-		printf("  other bits                 %#llx\n", (unsigned long long)f);
+	if (f & ~known)
+		printf("  other bits                 %#llx\n", (unsigned long long)(f & ~known));
 	close(fd);
 	return 0;
 }

@@ -22,9 +22,9 @@ vnzc_log "clippy W=e clean"
 # The C files in kernel style: checkpatch errors fail, warnings are shown.
 mapfile -t cfiles < <(cd "$VNZC_ROOT" && git ls-files '*.c' '*.h' 2>/dev/null)
 cfiles=("${cfiles[@]/#/$VNZC_ROOT/}")
-if ! perl "$kdir/scripts/checkpatch.pl" --no-tree --terse --quiet -f "${cfiles[@]}"; then
-	if perl "$kdir/scripts/checkpatch.pl" --no-tree --terse -f "${cfiles[@]}" | grep -q ': ERROR:'; then
-		vnzc_die "checkpatch: errors in the C files"
-	fi
+report=$(perl "$kdir/scripts/checkpatch.pl" --no-tree --terse --no-summary -f "${cfiles[@]}" || true)
+[ -z "$report" ] || printf '%s\n' "$report" >&2
+if printf '%s\n' "$report" | grep -q ': ERROR:'; then
+	vnzc_die "checkpatch: errors in the C files"
 fi
 vnzc_log "checkpatch: no errors"

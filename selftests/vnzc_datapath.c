@@ -179,4 +179,51 @@ TEST_F(net, rx_byte_exact)
 	}
 }
 
+/* A frame spread over several mergeable buffers, with num_buffers set in the header. */
+TEST_F(net, rx_mergeable)
+{
+	const uint64_t features = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_NET_F_MRG_RXBUF);
+	struct sockaddr_ll to = {
+		.sll_family = AF_PACKET,
+		.sll_protocol = htons(TEST_ETHERTYPE),
+		.sll_halen = 6,
+	};
+	const size_t flen = 1514, blen = 512;
+	uint8_t *buf[4], frame[1514], got[4 * 512];
+	int heads[4];
+	size_t off = 0;
+
+	ASSERT_EQ(0, vg_set_features(&self->g, features));
+	to.sll_ifindex = self->ifindex;
+	ATTACH(VG_RX);
+	for (int i = 0; i < 4; i++) {
+		void *bufs[1];
+		uint32_t lens[1] = { blen };
+
+		buf[i] = vg_alloc(&self->g, blen, 8);
+		ASSERT_NE(NULL, buf[i]);
+		memset(buf[i], 0xee, blen);
+		bufs[0] = buf[i];
+		heads[i] = vg_post(&self->g, VG_RX, bufs, lens, 1, true);
+		ASSERT_LE(0, heads[i]);
+	}
+	make_frame(frame, flen, 7);
+	ASSERT_EQ((ssize_t)flen, sendto(self->pkt, frame, flen, 0, (struct sockaddr *)&to,
+					sizeof(to)));
+	/* 12 + 1514 bytes: two full buffers and 502 bytes of the third, in order. */
+	for (int i = 0; i < 3; i++) {
+		uint32_t id, len;
+
+		ASSERT_EQ(1, wait_used(&self->g, VG_RX, &id, &len)) TH_LOG("buffer %d", i);
+		EXPECT_EQ((uint32_t)heads[i], id);
+		EXPECT_EQ(i < 2 ? blen : HDR_LEN + flen - 2 * blen, len);
+		memcpy(got + off, buf[i], len);
+		off += len;
+	}
+	EXPECT_EQ(HDR_LEN + flen, off);
+	/* num_buffers, little endian for a VERSION_1 device. */
+	EXPECT_EQ(3, got[10] | got[11] << 8);
+	EXPECT_EQ(0, memcmp(got + HDR_LEN, frame, flen));
+}
+
 TEST_HARNESS_MAIN
