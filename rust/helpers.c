@@ -87,6 +87,12 @@ int vnzc_sock_peek_len(struct socket *sock)
 	return len;
 }
 
+/* pr_debug() is dynamic debug: silent unless enabled, so guests cannot flood the log. */
+void vnzc_debug(const char *what, s64 a, s64 b)
+{
+	pr_debug("vhost_net_zc: %s: %lld %lld\n", what, a, b);
+}
+
 /* Fields of struct sock, which Rust sees only as an opaque type. */
 int vnzc_sock_type(struct socket *sock)
 {

@@ -22,6 +22,7 @@ u16 vnzc_cpu_to_vhost16(struct vhost_virtqueue *vq, u16 v);
 int vnzc_sock_peek_len(struct socket *sock);
 int vnzc_sock_type(struct socket *sock);
 int vnzc_sock_family(struct socket *sock);
+void vnzc_debug(const char *what, s64 a, s64 b);
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg);
 
 #endif /* _VNZC_HELPERS_H */

@@ -29,6 +29,7 @@ use crate::{
     socket::Socket,
     uapi,
     vhost::{
+        self,
         Driver,
         Limits,
         RxGather,
@@ -151,10 +152,7 @@ fn handle_rx(vq: &NetVq<'_>) {
             Ok(RxGather::Overrun) => {
                 // Larger than every buffer the guest may chain: drop it.
                 let _ = sock.recv(&[], 0, 0);
-                pr_debug!(
-                    "RX: dropped a {} byte packet larger than the buffers\n",
-                    sock_len
-                );
+                vhost::debug(c"RX: dropped a packet larger than the buffers", sock_len, 0);
                 continue;
             }
             // The chain was malformed and reported; stop until the next kick.
@@ -163,7 +161,12 @@ fn handle_rx(vq: &NetVq<'_>) {
         match sock.recv(vq.iov(bufs.iovs), vhost_hlen, sock_len) {
             Ok(n) if n == sock_len => {}
             r => {
-                pr_debug!("RX: discarded a packet: {:?}, expected {}\n", r, sock_len);
+                let got = r.map_or_else(|e| e.to_errno() as isize, |n| n as isize);
+                vhost::debug(
+                    c"RX: discarded a packet (received, expected)",
+                    got,
+                    sock_len,
+                );
                 vq.discard_rx(&bufs);
                 continue;
             }
@@ -244,9 +247,9 @@ fn handle_tx(vq: &NetVq<'_>) {
                 let _ = vq.start_poll();
                 break;
             }
-            Err(e) => pr_debug!("TX: send failed: {:?}\n", e),
+            Err(e) => vhost::debug(c"TX: send failed (errno)", e.to_errno() as isize, 0),
             Ok(sent) if sent != payload => {
-                pr_debug!("TX: truncated packet: {} of {} bytes\n", sent, payload)
+                vhost::debug(c"TX: truncated packet (sent, length)", sent, payload)
             }
             Ok(_) => {}
         }

@@ -109,6 +109,15 @@ pub(crate) enum RxGather {
     Overrun,
 }
 
+/// A debug line about something a guest or the network did, through dynamic debug (off
+/// unless enabled), so that a guest cannot flood the host log.
+pub(crate) fn debug(what: &CStr, a: impl TryInto<i64>, b: impl TryInto<i64>) {
+    let a = a.try_into().unwrap_or(i64::MAX);
+    let b = b.try_into().unwrap_or(i64::MAX);
+    // SAFETY: `what` is NUL-terminated; the helper only prints.
+    unsafe { bindings::vnzc_debug(what.as_char_ptr(), a, b) }
+}
+
 /// Total length of `iov`, saturating (each length is guest-controlled).
 pub(crate) fn iov_len(iov: &[kernel::bindings::iovec]) -> usize {
     iov.iter()
