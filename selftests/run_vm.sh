@@ -148,6 +148,7 @@ run_case kunit t_kunit
 run_harness "$TESTS/vnzc_features"
 run_harness "$TESTS/vnzc_abi"
 run_harness "$TESTS/vnzc_datapath"
+run_harness "$TESTS/vnzc_rings"
 # The kernel's own tools/virtio/vhost_net_test, built from the test tree, in its flag
 # combinations: first on stock /dev/vhost-net, then on /dev/vhost-net-zc bind-mounted over
 # /dev/vhost-net in a private mount namespace (the program opens that path). Not run:

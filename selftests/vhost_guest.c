@@ -184,7 +184,7 @@ int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint3
 {
 	struct vg_vq *vq = &g->vq[idx];
 	uint16_t head = vq->next_desc % vq->num;
-	uint64_t one = 1;
+	int r;
 
 	if (n == 0 || n > vq->num)
 		return -EINVAL;
@@ -198,14 +198,8 @@ int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint3
 		vq->desc[d].next = (d + 1) % vq->num;
 	}
 	vq->next_desc = (head + n) % vq->num;
-	vq->avail->ring[vq->avail_idx % vq->num] = head;
-	/* The ring entry must be visible before the index that publishes it. */
-	atomic_thread_fence(memory_order_release);
-	vq->avail->idx = ++vq->avail_idx;
-	atomic_thread_fence(memory_order_seq_cst);
-	if (write(vq->kick_fd, &one, sizeof(one)) != sizeof(one))
-		return -errno;
-	return head;
+	r = vg_publish(g, idx, head);
+	return r ? r : head;
 }
 
 int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len)
@@ -223,9 +217,9 @@ int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len)
 	return 1;
 }
 
-int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms)
+static int wait_fd(int fd, int timeout_ms)
 {
-	struct pollfd p = { .fd = g->vq[idx].call_fd, .events = POLLIN };
+	struct pollfd p = { .fd = fd, .events = POLLIN };
 	uint64_t v;
 	int r = poll(&p, 1, timeout_ms);
 
@@ -236,6 +230,31 @@ int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms)
 	if (read(p.fd, &v, sizeof(v)) != sizeof(v))
 		return -errno;
 	return 1;
+}
+
+int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms)
+{
+	return wait_fd(g->vq[idx].call_fd, timeout_ms);
+}
+
+int vg_wait_err(struct vg_guest *g, unsigned int idx, int timeout_ms)
+{
+	return wait_fd(g->vq[idx].err_fd, timeout_ms);
+}
+
+int vg_publish(struct vg_guest *g, unsigned int idx, uint16_t head)
+{
+	struct vg_vq *vq = &g->vq[idx];
+	uint64_t one = 1;
+
+	vq->avail->ring[vq->avail_idx % vq->num] = head;
+	/* The ring entry must be visible before the index that publishes it. */
+	atomic_thread_fence(memory_order_release);
+	vq->avail->idx = ++vq->avail_idx;
+	atomic_thread_fence(memory_order_seq_cst);
+	if (write(vq->kick_fd, &one, sizeof(one)) != sizeof(one))
+		return -errno;
+	return 0;
 }
 
 int vg_tap_open(char *name, size_t name_len)

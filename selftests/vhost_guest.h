@@ -69,6 +69,10 @@ int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint3
 int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len);
 /* Wait for the call eventfd; returns 1 if signalled, 0 on timeout, -errno on error. */
 int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms);
+/* Wait for the error eventfd, the same way. */
+int vg_wait_err(struct vg_guest *g, unsigned int idx, int timeout_ms);
+/* Publish avail entry @head without touching descriptors, then kick. */
+int vg_publish(struct vg_guest *g, unsigned int idx, uint16_t head);
 
 /* A tap device with IFF_VNET_HDR; returns its fd and writes its name, or -errno. */
 int vg_tap_open(char *name, size_t name_len);
