@@ -35,8 +35,8 @@ ktap "# vhost-net-zc selftests on $(uname -r), $(nproc) CPUs"
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
 [ -w /sys/kernel/debug/kmemleak ] && echo clear >/sys/kernel/debug/kmemleak
 
-# The stock modules the suite compares against, and tap's.
-for m in vhost_net tun; do
+# The stock modules the suite compares against, and the backends' and fixtures'.
+for m in vhost_net tun macvtap veth; do
 	kmod_load "$m" || ktap "# could not load $m"
 done
 

@@ -7,6 +7,11 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <linux/if_tun.h>
 #include <net/if.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -23,16 +28,22 @@
 #define HDR_LEN		sizeof(struct virtio_net_hdr_mrg_rxbuf)
 #define RING		256
 
+/*
+ * The backend is a tap, or a macvtap on one end of a veth pair. The test's packet socket
+ * sits where the backend's frames leave and where frames for it enter: on the tap itself,
+ * or on the veth's other end.
+ */
 FIXTURE(net) {
 	struct vg_guest g;
 	char tap[IFNAMSIZ];
-	int tap_fd;
-	int pkt;		/* AF_PACKET socket bound to the tap */
-	int ifindex;
+	int tap_fd;		/* the backend: a tap, or a macvtap's /dev/tapN */
+	int pkt;		/* AF_PACKET socket on the wire side */
+	int ifindex;		/* the wire side's interface */
 };
 
 FIXTURE_VARIANT(net) {
 	const char *dev;
+	bool macvtap;
 };
 
 FIXTURE_VARIANT_ADD(net, stock) {
@@ -43,6 +54,38 @@ FIXTURE_VARIANT_ADD(net, zc) {
 	.dev = "/dev/vhost-net-zc",
 };
 
+FIXTURE_VARIANT_ADD(net, stock_macvtap) {
+	.dev = "/dev/vhost-net",
+	.macvtap = true,
+};
+
+FIXTURE_VARIANT_ADD(net, zc_macvtap) {
+	.dev = "/dev/vhost-net-zc",
+	.macvtap = true,
+};
+
+/* A macvtap (MAC 02:00:00:00:00:01, the test frames' destination) on vnzcv0, whose veth
+ * peer vnzcv1 is the wire; returns the macvtap's character device, open. */
+static int macvtap_open(struct __test_metadata *_metadata)
+{
+	int hdr = HDR_LEN, fd, ifindex;
+	char path[32];
+
+	ASSERT_EQ(0, system("ip link del vnzcv0 2>/dev/null; "
+			    "ip link add vnzcv0 type veth peer name vnzcv1 && "
+			    "ip link add link vnzcv0 name vnzcm0 address 02:00:00:00:00:01 "
+			    "type macvtap mode bridge && "
+			    "ip link set vnzcv0 up && ip link set vnzcv1 up && "
+			    "ip link set vnzcm0 up")) TH_LOG("could not create the macvtap");
+	ifindex = if_nametoindex("vnzcm0");
+	ASSERT_NE(0, ifindex);
+	snprintf(path, sizeof(path), "/dev/tap%d", ifindex);
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	ASSERT_LE(0, fd) TH_LOG("%s: %s", path, strerror(errno));
+	ASSERT_EQ(0, ioctl(fd, TUNSETVNETHDRSZ, &hdr));
+	return fd;
+}
+
 FIXTURE_SETUP(net)
 {
 	struct sockaddr_ll sll = { .sll_family = AF_PACKET };
@@ -50,9 +93,14 @@ FIXTURE_SETUP(net)
 	int r;
 
 	self->pkt = -1;
-	self->tap_fd = vg_tap_open(self->tap, sizeof(self->tap));
-	ASSERT_LE(0, self->tap_fd) TH_LOG("tap: %s", strerror(-self->tap_fd));
-	ASSERT_EQ(0, vg_link_up(self->tap));
+	if (variant->macvtap) {
+		self->tap_fd = macvtap_open(_metadata);
+		snprintf(self->tap, sizeof(self->tap), "vnzcv1");
+	} else {
+		self->tap_fd = vg_tap_open(self->tap, sizeof(self->tap));
+		ASSERT_LE(0, self->tap_fd) TH_LOG("tap: %s", strerror(-self->tap_fd));
+		ASSERT_EQ(0, vg_link_up(self->tap));
+	}
 	self->ifindex = if_nametoindex(self->tap);
 	ASSERT_NE(0, self->ifindex);
 
@@ -83,6 +131,8 @@ FIXTURE_TEARDOWN(net)
 	if (self->pkt >= 0)
 		close(self->pkt);
 	close(self->tap_fd);
+	if (variant->macvtap && system("ip link del vnzcv0"))
+		TH_LOG("could not remove the veth pair");
 }
 
 /* An Ethernet frame of @len bytes whose payload is a pattern seeded by @seed. */
@@ -133,6 +183,8 @@ TEST_F(net, tx_byte_exact)
 		ASSERT_NE(NULL, frame);
 		memset(hdr, 0, HDR_LEN);
 		make_frame(frame, sizes[s], s);
+		/* Not to the macvtap's own address, which bridge mode would loop back to it. */
+		frame[5] = 0x03;
 		head = vg_post(&self->g, VG_TX, bufs, lens, 2, false);
 		ASSERT_LE(0, head);
 		ASSERT_EQ(1, wait_used(&self->g, VG_TX, &id, &len))
