@@ -107,19 +107,26 @@ fn vhost_hdr_len(vq: &NetVq<'_>) -> usize {
     }
 }
 
+/// The start of a handler run: the backend, if one is attached and the rings are
+/// accessible, with the guest's kicks turned off while the handler runs.
+fn begin<'a>(vq: &'a NetVq<'_>) -> Option<&'a Socket> {
+    let sock = vq.backend()?;
+    if !vq.prefetch() {
+        return None;
+    }
+    vq.disable_notify();
+    Some(sock)
+}
+
 /// Size of `struct virtio_net_hdr`, where `num_buffers` of the mergeable header follows.
 const NET_HDR_BASE: usize = size_of::<crate::ffi::bindings::virtio_net_hdr>();
 
 /// Moves packets from the socket into the guest's RX buffers until the socket is empty, the
 /// guest has no buffers, or the handler's weight is used up.
 fn handle_rx(vq: &NetVq<'_>) {
-    let Some(sock) = vq.backend() else {
+    let Some(sock) = begin(vq) else {
         return;
     };
-    if !vq.prefetch() {
-        return;
-    }
-    vq.disable_notify();
     // Not woken by the socket while draining it; polled again once it is empty.
     vq.stop_poll();
     let vhost_hlen = vhost_hdr_len(vq);
@@ -205,13 +212,9 @@ fn handle_rx(vq: &NetVq<'_>) {
 /// handler's weight is used up. Every chain is copied into the skb (the zero-copy path is
 /// not implemented yet).
 fn handle_tx(vq: &NetVq<'_>) {
-    let Some(sock) = vq.backend() else {
+    let Some(sock) = begin(vq) else {
         return;
     };
-    if !vq.prefetch() {
-        return;
-    }
-    vq.disable_notify();
     let hdr = vhost_hdr_len(vq);
     let (mut packets, mut bytes) = (0usize, 0usize);
     loop {

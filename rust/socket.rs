@@ -104,22 +104,8 @@ impl Socket {
     ///
     /// The socket's errno; `EAGAIN`, `ENOMEM` or `ENOBUFS` when it is full for now.
     pub(crate) fn send(&self, iov: &[kb::iovec], skip: usize, len: usize) -> Result<usize> {
-        // SAFETY: `msghdr` is a C struct for which all zeroes is a valid empty message.
-        let mut msg: kb::msghdr = unsafe { core::mem::zeroed() };
+        let mut msg = message(iov, kb::ITER_SOURCE, skip, len)?;
         msg.msg_flags = kb::MSG_DONTWAIT;
-        let total = len.checked_add(skip).ok_or(EINVAL)?;
-        // SAFETY: `iov` is a valid array of user iovecs for the duration of the call; the
-        // iterator only reads user memory through them, with the usual fault checks.
-        unsafe {
-            kb::iov_iter_init(
-                &mut msg.msg_iter,
-                kb::ITER_SOURCE,
-                iov.as_ptr(),
-                iov.len(),
-                total,
-            );
-            kb::iov_iter_advance(&mut msg.msg_iter, skip);
-        }
         let sock = self.sock.as_ptr();
         // SAFETY: The socket is live (type invariant); its `ops` table is set for its
         // lifetime.
@@ -147,21 +133,7 @@ impl Socket {
     ///
     /// The socket's errno.
     pub(crate) fn recv(&self, iov: &[kb::iovec], skip: usize, len: usize) -> Result<usize> {
-        // SAFETY: `msghdr` is a C struct for which all zeroes is a valid empty message.
-        let mut msg: kb::msghdr = unsafe { core::mem::zeroed() };
-        let total = len.checked_add(skip).ok_or(EINVAL)?;
-        // SAFETY: `iov` is a valid array of user iovecs for the duration of the call; the
-        // iterator only writes user memory through them, with the usual fault checks.
-        unsafe {
-            kb::iov_iter_init(
-                &mut msg.msg_iter,
-                kb::ITER_DEST,
-                iov.as_ptr(),
-                iov.len(),
-                total,
-            );
-            kb::iov_iter_advance(&mut msg.msg_iter, skip);
-        }
+        let mut msg = message(iov, kb::ITER_DEST, skip, len)?;
         let sock = self.sock.as_ptr();
         // SAFETY: The socket is live (type invariant); its `ops` table is set for its
         // lifetime.
@@ -179,6 +151,24 @@ impl Socket {
     pub(crate) fn same(&self, other: &Socket) -> bool {
         self.sock == other.sock
     }
+}
+
+/// A message whose data are the `len` bytes of the buffers `iov` describes after the first
+/// `skip`, read from them (`ITER_SOURCE`) or written to them (`ITER_DEST`).
+///
+/// The message refers to the user memory `iov` names, not to `iov` itself beyond the call
+/// that uses it, which must happen while `iov` is borrowed.
+fn message(iov: &[kb::iovec], direction: u32, skip: usize, len: usize) -> Result<kb::msghdr> {
+    let total = len.checked_add(skip).ok_or(EINVAL)?;
+    // SAFETY: `msghdr` is a C struct for which all zeroes is a valid empty message.
+    let mut msg: kb::msghdr = unsafe { core::mem::zeroed() };
+    // SAFETY: `iov` is a valid array of user iovecs; the iterator only accesses user memory
+    // through them, with the usual fault checks.
+    unsafe {
+        kb::iov_iter_init(&mut msg.msg_iter, direction, iov.as_ptr(), iov.len(), total);
+        kb::iov_iter_advance(&mut msg.msg_iter, skip);
+    }
+    Ok(msg)
 }
 
 impl Backend for Socket {

@@ -70,10 +70,11 @@ EOT
 	fi
 }
 
+# All from bookworm-backports where it has a newer version (clang/lld/llvm 19 and
+# qemu-system-x86 exist only there; the host's qemu-utils already comes from there).
 APT_PKGS=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev
 	  cpio rsync kmod busybox-static iproute2 udev python3-pip dwarves zstd xz-utils
-	  make gcc libc6-dev pkg-config file)
-BPO_PKGS=(qemu-system-x86)
+	  make gcc libc6-dev pkg-config file qemu-system-x86)
 
 install_apt() {
 	local missing=() p
@@ -82,15 +83,6 @@ install_apt() {
 	done
 	if [ "${#missing[@]}" -gt 0 ]; then
 		log "installing: ${missing[*]}"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
-			--no-install-recommends "${missing[@]}" >/dev/null
-	fi
-	missing=()
-	for p in "${BPO_PKGS[@]}"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
-	done
-	if [ "${#missing[@]}" -gt 0 ]; then
-		log "installing from bookworm-backports: ${missing[*]}"
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
 			--no-install-recommends "${missing[@]}" >/dev/null
 	fi
