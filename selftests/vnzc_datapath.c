@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <linux/if_tun.h>
 #include <net/if.h>
 #include <string.h>
@@ -276,6 +277,64 @@ TEST_F(net, rx_mergeable)
 	/* num_buffers, little endian for a VERSION_1 device. */
 	EXPECT_EQ(3, got[10] | got[11] << 8);
 	EXPECT_EQ(0, memcmp(got + HDR_LEN, frame, flen));
+}
+
+static bool page_logged(const uint8_t *bitmap, uint64_t gpa)
+{
+	uint64_t page = gpa / 4096;
+
+	return bitmap[page / 8] & (1 << (page % 8));
+}
+
+/* With VHOST_F_LOG_ALL, what RX writes into guest memory is marked in the dirty log. */
+TEST_F(net, rx_dirty_log)
+{
+	const uint64_t features = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VHOST_F_LOG_ALL);
+	const size_t map_len = ((VG_GPA_BASE + (1 << 20)) / 4096 / 8 + 4095) & ~4095ULL;
+	struct vg_vq *vq = &self->g.vq[VG_RX];
+	struct vhost_vring_addr addr = {
+		.index = VG_RX,
+		.flags = 1 << VHOST_VRING_F_LOG,
+		.desc_user_addr = (uint64_t)(uintptr_t)vq->desc,
+		.avail_user_addr = (uint64_t)(uintptr_t)vq->avail,
+		.used_user_addr = (uint64_t)(uintptr_t)vq->used,
+		.log_guest_addr = vg_gpa(&self->g, vq->used),
+	};
+	struct sockaddr_ll to = {
+		.sll_family = AF_PACKET,
+		.sll_protocol = htons(TEST_ETHERTYPE),
+		.sll_halen = 6,
+	};
+	uint8_t *bitmap, *buf, *untouched, frame[1000];
+	uint64_t base;
+	uint32_t id, len;
+	void *bufs[1];
+	uint32_t lens[1] = { 4096 };
+
+	bitmap = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, bitmap);
+	base = (uint64_t)(uintptr_t)bitmap;
+	ASSERT_EQ(0, ioctl(self->g.fd, VHOST_SET_LOG_BASE, &base));
+	ASSERT_EQ(0, vg_set_features(&self->g, features));
+	ASSERT_EQ(0, ioctl(self->g.fd, VHOST_SET_VRING_ADDR, &addr));
+	to.sll_ifindex = self->ifindex;
+	ATTACH(VG_RX);
+
+	buf = vg_alloc(&self->g, 4096, 4096);
+	untouched = vg_alloc(&self->g, 4096, 4096);
+	ASSERT_NE(NULL, buf);
+	ASSERT_NE(NULL, untouched);
+	bufs[0] = buf;
+	ASSERT_LE(0, vg_post(&self->g, VG_RX, bufs, lens, 1, true));
+	make_frame(frame, sizeof(frame), 9);
+	ASSERT_EQ((ssize_t)sizeof(frame), sendto(self->pkt, frame, sizeof(frame), 0,
+						 (struct sockaddr *)&to, sizeof(to)));
+	ASSERT_EQ(1, wait_used(&self->g, VG_RX, &id, &len));
+	EXPECT_EQ(HDR_LEN + sizeof(frame), len);
+	EXPECT_TRUE(page_logged(bitmap, vg_gpa(&self->g, buf))) TH_LOG("RX buffer not logged");
+	EXPECT_TRUE(page_logged(bitmap, vg_gpa(&self->g, vq->used))) TH_LOG("used ring not logged");
+	EXPECT_FALSE(page_logged(bitmap, vg_gpa(&self->g, untouched))) TH_LOG("spurious log bit");
+	munmap(bitmap, map_len);
 }
 
 TEST_HARNESS_MAIN
