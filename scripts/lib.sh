@@ -8,6 +8,9 @@ VNZC_CACHE=${VNZC_CACHE:-$HOME/.cache/vhost-net-zc}
 # The Debian source package of the test kernel (trixie-backports).
 VNZC_KPKG=${VNZC_KPKG:-linux-source-7.3}
 export PATH="/usr/lib/llvm-19/bin:$HOME/.cargo/bin:$PATH"
+# pip-installed commands (virtme-ng) where Python comes from pyenv, even in a shell that did
+# not read ~/.bashrc.
+[ -d "$HOME/.pyenv/shims" ] && PATH="$PATH:$HOME/.pyenv/shims"
 export LIBCLANG_PATH=/usr/lib/llvm-19/lib
 export LLVM=1
 

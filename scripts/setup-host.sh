@@ -102,6 +102,7 @@ install_rust() {
 }
 
 install_vng() {
+	[ -d "$HOME/.pyenv/shims" ] && PATH="$PATH:$HOME/.pyenv/shims"
 	if ! command -v vng >/dev/null; then
 		log "pip install virtme-ng"
 		pip install --quiet --root-user-action=ignore virtme-ng
