@@ -284,13 +284,23 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
     /// `ENOBUFS` if `index` is not below `N` (the errno vhost-net gives a bad queue index).
     pub(crate) fn vq(&self, index: u32) -> Result<VqGuard<'_, D, N>> {
         let index = usize::try_from(index).map_err(|_| ENOBUFS)?;
-        let vq = self.vqs.get(index).ok_or(ENOBUFS)?;
+        let (Some(vq), Some(poll), Some(backend)) = (
+            self.vqs.get(index),
+            self.polls.get(index),
+            self.backends.get(index),
+        ) else {
+            return Err(ENOBUFS);
+        };
+        let vq = vq.0.get();
         // SAFETY: `vq.mutex` was initialised by `vhost_dev_init()` and lives as long as
         // `self`.
-        let mutex = unsafe { Mutex::from_raw(addr_of_mut!((*vq.0.get()).mutex)) };
+        let mutex = unsafe { Mutex::from_raw(addr_of_mut!((*vq).mutex)) };
+        // INVARIANT: the three pointers are index `index` of `self`; the mutex is its vq's.
         Ok(VqGuard {
             dev: self,
-            index,
+            vq,
+            poll: poll.get(),
+            backend: backend.get(),
             _guard: mutex.lock(),
         })
     }
@@ -436,34 +446,31 @@ impl<D: Driver<N>, const N: usize> DevGuard<'_, D, N> {
     }
 }
 
-/// Virtqueue `index` of a [`VhostDev`], with its mutex held.
+/// A virtqueue of a [`VhostDev`], with its mutex held.
+///
+/// # Invariants
+///
+/// `vq`, `poll` and `backend` are the virtqueue, backend poll and backend slot of one index
+/// of `dev`, and `_guard` holds that virtqueue's mutex.
 pub(crate) struct VqGuard<'a, D: Driver<N>, const N: usize> {
     dev: &'a VhostDev<D, N>,
-    index: usize,
+    vq: *mut bindings::vhost_virtqueue,
+    poll: *mut bindings::vhost_poll,
+    backend: *mut Option<D::Backend>,
     _guard: Guard<'a, (), MutexBackend>,
 }
 
 impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
     fn raw(&self) -> *mut bindings::vhost_virtqueue {
-        // The index was checked when the guard was made.
-        self.dev
-            .vqs
-            .get(self.index)
-            .map_or(core::ptr::null_mut(), |vq| vq.0.get())
+        self.vq
     }
 
     fn poll(&self) -> *mut bindings::vhost_poll {
-        self.dev
-            .polls
-            .get(self.index)
-            .map_or(core::ptr::null_mut(), |p| p.get())
+        self.poll
     }
 
     fn backend_slot(&self) -> *mut Option<D::Backend> {
-        self.dev
-            .backends
-            .get(self.index)
-            .map_or(core::ptr::null_mut(), |b| b.get())
+        self.backend
     }
 
     /// Whether the ring addresses (and the log, if enabled) are accessible.
