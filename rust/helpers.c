@@ -103,3 +103,26 @@ int vnzc_sock_family(struct socket *sock)
 {
 	return sock->sk->sk_family;
 }
+
+/* Whether the socket takes zero-copy buffers (tun and macvtap set SOCK_ZEROCOPY). */
+bool vnzc_sock_zerocopy(struct socket *sock)
+{
+	return sock_flag(sock->sk, SOCK_ZEROCOPY);
+}
+
+/*
+ * A killable wait for *count == 0 of at most timeout_ms (< 0: no bound), timed by an
+ * hrtimer: jiffies lag far behind real time where ticks are lost (an emulated guest), and a
+ * reset deadline is real time. Returns 1 once the count is zero, 0 on timeout, -ERESTARTSYS
+ * on a fatal signal.
+ */
+long vnzc_wait_zero_killable(struct wait_queue_head *wq, int *count, s64 timeout_ms)
+{
+	ktime_t timeout = timeout_ms < 0 ? KTIME_MAX : ms_to_ktime(timeout_ms);
+	int r;
+
+	r = __wait_event_hrtimeout(*wq, READ_ONCE(*count) == 0, timeout, TASK_KILLABLE);
+	if (r == -ETIME)
+		return 0;
+	return r ? r : 1;
+}

@@ -10,6 +10,7 @@
 
 struct vhost_virtqueue;
 struct socket;
+struct wait_queue_head;
 
 void *vnzc_vq_get_backend(struct vhost_virtqueue *vq);
 void vnzc_vq_set_backend(struct vhost_virtqueue *vq, void *private_data);
@@ -24,5 +25,7 @@ int vnzc_sock_type(struct socket *sock);
 int vnzc_sock_family(struct socket *sock);
 void vnzc_debug(const char *what, s64 a, s64 b);
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg);
+bool vnzc_sock_zerocopy(struct socket *sock);
+long vnzc_wait_zero_killable(struct wait_queue_head *wq, int *count, s64 timeout_ms);
 
 #endif /* _VNZC_HELPERS_H */

@@ -9,8 +9,8 @@
 //!
 //! Implemented so far: feature negotiation, owner set and reset, everything the vhost core
 //! handles generically (memory table, dirty log, vring setup, kick/call/err eventfds,
-//! busy-loop timeout), backends (tap, macvtap, raw packet sockets), the TX copy path and
-//! the RX path (with mergeable buffers and dirty logging).
+//! busy-loop timeout), backends (tap, macvtap, raw packet sockets), TX by copy and
+//! zero-copy ([`crate::zerocopy`]), and RX (with mergeable buffers and dirty logging).
 
 use kernel::{
     fs::File,
@@ -36,6 +36,11 @@ use crate::{
         VhostDev,
         VqGuard, //
     },
+    zerocopy::{
+        Ledger,
+        Pool,
+        PoolRef, //
+    },
 };
 
 /// Size in bytes of one feature word in the ioctl ABI.
@@ -59,7 +64,10 @@ const LIMITS: Limits = Limits {
 };
 
 /// The net driver's state inside a [`VhostDev`].
-pub(crate) struct NetState;
+pub(crate) struct NetState {
+    /// The TX virtqueue's zero-copy buffers in flight.
+    tx: PoolRef,
+}
 
 /// A virtqueue of the net device, locked.
 type NetVq<'a> = VqGuard<'a, NetState, NVQS>;
@@ -78,9 +86,47 @@ impl Driver<NVQS> for NetState {
             return;
         };
         match index {
-            TX => handle_tx(&vq),
+            TX => handle_tx(&vq, &dev.data().tx),
             RX => handle_rx(&vq),
             _ => {}
+        }
+    }
+
+    /// Before a reset or teardown: waits, killably and for at most the timeout, until the
+    /// network stack has released the TX buffers it holds. Whatever is still in flight then
+    /// is abandoned: its heads are not returned (the ring is about to go), and the pool,
+    /// with the module, stays until the stack releases them.
+    fn stopped(dev: &VhostDev<Self, NVQS>) {
+        let pool = &dev.data().tx;
+        let _ = pool.wait_idle(Some(crate::module_parameters::timeout_ms.value()));
+        let Ok(_vq) = dev.vq(TX as u32) else {
+            return;
+        };
+        let mut ledger = pool.ledger();
+        let abandoned = ledger.abandon_all();
+        let stats = ledger.stats();
+        vhost::debug(
+            c"TX: zero-copy buffers sent, completed",
+            stats.sent,
+            stats.completed,
+        );
+        if abandoned != 0 {
+            vhost::debug(c"TX: zero-copy buffers abandoned at reset", abandoned, 0);
+        }
+    }
+}
+
+/// Returns the zero-copy buffers the network stack has released to the guest.
+fn return_completed(vq: &NetVq<'_>, pool: &Pool, ledger: &mut Ledger) {
+    let mut heads = [0u16; 64];
+    loop {
+        let n = pool.reap(ledger, &mut heads);
+        if n == 0 {
+            break;
+        }
+        vq.add_used_heads_and_signal(&heads[..n]);
+        if n < heads.len() {
+            break;
         }
     }
 }
@@ -209,13 +255,26 @@ fn handle_rx(vq: &NetVq<'_>) {
 }
 
 /// Sends what the guest queued on TX until the ring is empty, the socket is full, or the
-/// handler's weight is used up. Every chain is copied into the skb (the zero-copy path is
-/// not implemented yet).
-fn handle_tx(vq: &NetVq<'_>) {
+/// handler's weight is used up.
+///
+/// A packet of at least `copy_threshold` bytes goes zero-copy when the socket takes it, the
+/// ring has room for another buffer in flight (a quarter of it, at most
+/// [`zerocopy::MAX_PEND`](crate::zerocopy::MAX_PEND)), and zero copy has been paying off
+/// (see [`Ledger::worth_zerocopy`]); its head is returned when the network stack releases
+/// it. Every other packet is copied and its head returned at once.
+fn handle_tx(vq: &NetVq<'_>, pool: &Pool) {
+    let mut ledger = pool.ledger();
+    return_completed(vq, pool, &mut ledger);
     let Some(sock) = begin(vq) else {
         return;
     };
     let hdr = vhost_hdr_len(vq);
+    let zerocopy = crate::module_parameters::zcopy_tx.value() && sock.zerocopy();
+    let threshold = crate::module_parameters::copy_threshold.value() as usize;
+    let limit = (vq.num() / 4) as usize;
+    if zerocopy {
+        pool.attach(&vq.waker());
+    }
     let (mut packets, mut bytes) = (0usize, 0usize);
     loop {
         let chain = match vq.get_desc() {
@@ -236,33 +295,58 @@ fn handle_tx(vq: &NetVq<'_>) {
             break;
         }
         let iov = vq.iov(chain.out);
-        let len = iov
-            .iter()
-            .fold(0usize, |acc, v| acc.saturating_add(v.iov_len));
-        let Some(payload) = len.checked_sub(hdr) else {
+        let Some(payload) = vhost::iov_len(iov).checked_sub(hdr) else {
             vq.report(c"Unexpected header len for TX");
             break;
         };
-        match sock.send(iov, hdr, payload) {
-            Err(e) if e == EAGAIN || e == ENOMEM || e == ENOBUFS => {
+        let slot = if zerocopy && payload >= threshold && ledger.worth_zerocopy() {
+            u16::try_from(chain.head)
+                .ok()
+                .and_then(|head| pool.reserve(&mut ledger, head, limit))
+        } else {
+            None
+        };
+        ledger.count_packet();
+        let r = match &slot {
+            Some(slot) => sock.send_zerocopy(iov, hdr, payload, pool.ubuf(slot)),
+            None => sock.send(iov, hdr, payload),
+        };
+        match (r, slot) {
+            (Err(e), slot) if e == EAGAIN || e == ENOMEM || e == ENOBUFS => {
                 // The socket is full: retry this chain when it has room.
+                if let Some(slot) = slot {
+                    pool.cancel(&mut ledger, slot);
+                }
                 vq.discard(&chain);
                 let _ = vq.start_poll();
                 break;
             }
-            Err(e) => vhost::debug(c"TX: send failed (errno)", e.to_errno() as isize, 0),
-            Ok(sent) if sent != payload => {
-                vhost::debug(c"TX: truncated packet (sent, length)", sent, payload)
+            (Err(e), slot) => {
+                // Dropped, as by a NIC: the guest gets the buffer back.
+                if let Some(slot) = slot {
+                    pool.cancel(&mut ledger, slot);
+                }
+                vhost::debug(c"TX: send failed (errno)", e.to_errno() as isize, 0);
+                vq.add_used_and_signal(&chain, 0);
             }
-            Ok(_) => {}
+            (Ok(sent), slot) => {
+                if sent != payload {
+                    vhost::debug(c"TX: truncated packet (sent, length)", sent, payload);
+                }
+                match slot {
+                    Some(slot) => pool.sent(&mut ledger, slot),
+                    None => vq.add_used_and_signal(&chain, 0),
+                }
+            }
         }
-        vq.add_used_and_signal(&chain, 0);
         packets += 1;
         bytes = bytes.saturating_add(payload);
         if vq.exceeds_weight(packets, bytes) {
             break;
         }
     }
+    // Completions that came while sending (the socket may complete at once).
+    return_completed(vq, pool, &mut ledger);
 }
 
 /// The state of one open `/dev/vhost-net-zc` file.
@@ -442,10 +526,24 @@ impl VhostNetZc {
         if old.is_some() {
             // No handler may still be using the old socket when it is released.
             dev.flush();
+            if backend.index == TX as u32 {
+                self.settle_tx();
+            }
         }
         drop(dev);
         drop(old);
         Ok(0)
+    }
+
+    /// After the TX backend changed: waits, killably and for at most the timeout, until the
+    /// network stack has released the buffers sent through the old one, and returns them to
+    /// the guest. Buffers still in flight then are returned when they complete.
+    fn settle_tx(&self) {
+        let pool = &self.vhost.data().tx;
+        let _ = pool.wait_idle(Some(crate::module_parameters::timeout_ms.value()));
+        if let Ok(vq) = self.vhost.vq(TX as u32) {
+            return_completed(&vq, pool, &mut pool.ledger());
+        }
     }
 
     /// Writes one `u64` to the ioctl argument.
@@ -460,9 +558,12 @@ impl MiscDevice for VhostNetZc {
     type Ptr = Pin<KVBox<Self>>;
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
+        let state = NetState {
+            tx: Pool::create()?,
+        };
         KVBox::try_pin_init(
             try_pin_init!(VhostNetZc {
-                vhost <- VhostDev::new(LIMITS, Ok::<_, Error>(NetState)),
+                vhost <- VhostDev::new(LIMITS, Ok::<_, Error>(state)),
             }),
             GFP_KERNEL,
         )

@@ -25,9 +25,11 @@ use crate::{
 /// # Invariants
 ///
 /// `sock` is a live socket and `self` owns one reference to `sock->file`, which keeps the
-/// socket alive.
+/// socket alive. `zerocopy` is only true for a tap or macvtap socket that takes zero-copy
+/// buffers (`TUN_MSG_UBUF`).
 pub(crate) struct Socket {
     sock: NonNull<kb::socket>,
+    zerocopy: bool,
 }
 
 // SAFETY: A socket reference may be used and released from any thread; socket operations do
@@ -54,8 +56,12 @@ impl Socket {
         // SAFETY: `sockfd_lookup()` takes any descriptor number; on success it returns the
         // socket with a reference taken on its file.
         let sock = NonNull::new(unsafe { kb::sockfd_lookup(fd, &mut err) }).ok_or(ENOTSOCK)?;
-        // INVARIANT: the lookup took a file reference, which `Drop` puts.
-        let this = Self { sock };
+        // INVARIANT: the lookup took a file reference, which `Drop` puts; a packet socket
+        // reads `msg_control` as ancillary data, so it never gets zero-copy buffers.
+        let this = Self {
+            sock,
+            zerocopy: false,
+        };
         // SAFETY: `sock` is live (just looked up).
         let (ty, family) = unsafe {
             (
@@ -90,11 +96,12 @@ impl Socket {
             unsafe { kb::fput(file.as_ptr()) };
             return Err(ENOTSOCK);
         }
+        let sock = NonNull::new(sock.cast::<kb::socket>()).ok_or(ENOTSOCK)?;
+        // SAFETY: `sock` is live: its file is referenced.
+        let zerocopy = unsafe { bindings::vnzc_sock_zerocopy(sock.as_ptr().cast()) };
         // INVARIANT: the reference `fget()` took on the file, which is `sock->file`, moves
-        // into `self`.
-        Ok(Self {
-            sock: NonNull::new(sock.cast()).ok_or(ENOTSOCK)?,
-        })
+        // into `self`; tun and tap take `TUN_MSG_UBUF` when they set `SOCK_ZEROCOPY`.
+        Ok(Self { sock, zerocopy })
     }
 
     /// Sends one packet gathered from `iov`, whose first `skip` bytes (a virtio-net header
@@ -105,13 +112,52 @@ impl Socket {
     /// The socket's errno; `EAGAIN`, `ENOMEM` or `ENOBUFS` when it is full for now.
     pub(crate) fn send(&self, iov: &[kb::iovec], skip: usize, len: usize) -> Result<usize> {
         let mut msg = message(iov, kb::ITER_SOURCE, skip, len)?;
+        self.sendmsg(&mut msg, len)
+    }
+
+    /// Whether [`Socket::send_zerocopy`] may be used.
+    pub(crate) fn zerocopy(&self) -> bool {
+        self.zerocopy
+    }
+
+    /// As [`Socket::send`], but the packet's data beyond its first bytes stay in the guest's
+    /// pages, which the skb references until the network stack calls `ubuf`'s completion.
+    /// The socket calls it, possibly before returning, unless it fails before building the
+    /// skb (then it returns an error and never calls it).
+    ///
+    /// # Errors
+    ///
+    /// As [`Socket::send`]; `EOPNOTSUPP` if the socket does not take zero-copy buffers.
+    pub(crate) fn send_zerocopy(
+        &self,
+        iov: &[kb::iovec],
+        skip: usize,
+        len: usize,
+        ubuf: *mut kb::ubuf_info,
+    ) -> Result<usize> {
+        if !self.zerocopy {
+            return Err(EOPNOTSUPP);
+        }
+        let mut msg = message(iov, kb::ITER_SOURCE, skip, len)?;
+        let mut ctl = bindings::tun_msg_ctl {
+            type_: bindings::TUN_MSG_UBUF as u16,
+            num: 0,
+            ptr: ubuf.cast(),
+        };
+        msg.__bindgen_anon_1.msg_control = (&raw mut ctl).cast();
+        msg.msg_controllen = size_of::<bindings::tun_msg_ctl>();
+        self.sendmsg(&mut msg, len)
+    }
+
+    fn sendmsg(&self, msg: &mut kb::msghdr, len: usize) -> Result<usize> {
         msg.msg_flags = kb::MSG_DONTWAIT;
         let sock = self.sock.as_ptr();
         // SAFETY: The socket is live (type invariant); its `ops` table is set for its
         // lifetime.
         let sendmsg = unsafe { (*(*sock).ops).sendmsg }.ok_or(EOPNOTSUPP)?;
-        // SAFETY: `sock` is live, `msg` is a valid message for this call.
-        let r = unsafe { sendmsg(sock, &mut msg, len) };
+        // SAFETY: `sock` is live, `msg` is a valid message for this call; a control message
+        // it carries (`TUN_MSG_UBUF`) is only read during the call.
+        let r = unsafe { sendmsg(sock, msg, len) };
         if r < 0 {
             return Err(Error::from_errno(r));
         }

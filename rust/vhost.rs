@@ -19,7 +19,10 @@
 
 use core::{
     cell::UnsafeCell,
-    marker::PhantomPinned,
+    marker::{
+        PhantomData,
+        PhantomPinned, //
+    },
     ptr::addr_of_mut, //
 };
 
@@ -69,6 +72,41 @@ pub(crate) trait Driver<const N: usize>: Send + Sync + Sized {
     /// Runs virtqueue `index` (`index < N`) on the device's worker: called when the guest
     /// kicks it and when its backend becomes ready.
     fn handle(dev: &VhostDev<Self, N>, index: usize);
+
+    /// Called when every backend has been detached and the worker flushed, before the
+    /// rings are reset (`VHOST_RESET_OWNER`) or the device is torn down: the driver settles
+    /// the work it still has in flight. The device mutex is held.
+    fn stopped(dev: &VhostDev<Self, N>);
+}
+
+/// Queues a virtqueue's handler on the device's worker, from any context.
+///
+/// # Invariants
+///
+/// `vq` is an initialised virtqueue of a live [`VhostDev`].
+pub(crate) struct Waker<'a> {
+    vq: *mut bindings::vhost_virtqueue,
+    _dev: PhantomData<&'a ()>,
+}
+
+impl Waker<'_> {
+    /// The virtqueue, for [`Waker::wake_raw`] once the borrow has ended.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::vhost_virtqueue {
+        self.vq
+    }
+
+    /// Queues the handler of `vq`; a no-op if the device has no worker (no owner).
+    ///
+    /// # Safety
+    ///
+    /// `vq` must come from [`Waker::as_ptr`], and its device must still be alive: the caller
+    /// keeps it so, typically by an RCU read-side section that the device's teardown waits
+    /// for after unpublishing `vq`.
+    pub(crate) unsafe fn wake_raw(vq: *mut bindings::vhost_virtqueue) {
+        // SAFETY: `vq` is an initialised virtqueue (function contract); queueing its kick
+        // work is safe in any context, and a no-op without a worker.
+        unsafe { bindings::vhost_poll_queue(addr_of_mut!((*vq).poll)) }
+    }
 }
 
 /// One `struct vhost_virtqueue`.
@@ -266,6 +304,11 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
         self.dev.get()
     }
 
+    /// The driver's state.
+    pub(crate) fn data(&self) -> &D {
+        &self.data
+    }
+
     /// Takes the device mutex.
     pub(crate) fn lock(&self) -> DevGuard<'_, D, N> {
         // SAFETY: `dev.mutex` was initialised by `vhost_dev_init()` (type invariant) and lives
@@ -325,6 +368,11 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
 impl<D: Driver<N>, const N: usize> Drop for VhostDev<D, N> {
     fn drop(&mut self) {
         let backends = self.take_backends();
+        {
+            let dev = self.lock();
+            dev.flush();
+            D::stopped(self);
+        }
         // SAFETY: The device was initialised (type invariant) and is torn down exactly once,
         // here, after its backends were detached: `vhost_dev_stop()` stops the kick polls and
         // flushes the worker, so no handler runs when the backends are dropped, and
@@ -398,6 +446,7 @@ impl<D: Driver<N>, const N: usize> DevGuard<'_, D, N> {
         }
         let backends = self.dev.take_backends();
         self.flush();
+        D::stopped(self.dev);
         // SAFETY: The device is initialised and its mutex held; `umem` is a fresh IOTLB whose
         // ownership passes to the device. The backends are detached, so resetting the
         // virtqueues (which clears their `private_data`) keeps the backend invariant.
@@ -824,6 +873,46 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         // SAFETY: The device and virtqueue are initialised and the virtqueue mutex is held.
         unsafe {
             bindings::vhost_add_used_and_signal(self.dev.dev.get(), self.raw(), chain.head, len)
+        }
+    }
+
+    /// Returns the chains `heads` to the guest in the used ring, with nothing written to
+    /// them, and signals the call eventfd if the guest wants it.
+    pub(crate) fn add_used_heads_and_signal(&self, heads: &[u16]) {
+        const BATCH: usize = 64;
+        for part in heads.chunks(BATCH) {
+            let mut elems: [bindings::vring_used_elem; BATCH] =
+                core::array::from_fn(|_| bindings::vring_used_elem { id: 0, len: 0 });
+            for (elem, &head) in elems.iter_mut().zip(part) {
+                // SAFETY: The virtqueue is initialised and its mutex is held.
+                elem.id = unsafe { bindings::vnzc_cpu_to_vhost32(self.raw(), u32::from(head)) };
+            }
+            // SAFETY: The device and virtqueue are initialised and the virtqueue mutex is
+            // held; `elems` has at least `part.len()` entries.
+            unsafe {
+                bindings::vhost_add_used_and_signal_n(
+                    self.dev.dev.get(),
+                    self.raw(),
+                    elems.as_mut_ptr(),
+                    core::ptr::null_mut(),
+                    part.len() as u32,
+                )
+            }
+        }
+    }
+
+    /// The ring size (`VHOST_SET_VRING_NUM`).
+    pub(crate) fn num(&self) -> u32 {
+        // SAFETY: The virtqueue is initialised; `num` is only written under the mutex held.
+        unsafe { (*self.raw()).num }
+    }
+
+    /// A handle that queues this virtqueue's handler from any context.
+    pub(crate) fn waker(&self) -> Waker<'a> {
+        // INVARIANT: the virtqueue belongs to `self.dev`, alive for `'a`.
+        Waker {
+            vq: self.raw(),
+            _dev: PhantomData,
         }
     }
 

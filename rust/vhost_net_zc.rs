@@ -24,6 +24,7 @@ mod net;
 mod socket;
 mod uapi;
 mod vhost;
+mod zerocopy;
 
 use kernel::{
     miscdevice::{
@@ -66,6 +67,19 @@ const TIMEOUT_MS_RANGE: core::ops::RangeInclusive<u32> = 1..=600_000;
 struct VhostNetZcModule {
     #[pin]
     _misc: MiscDeviceRegistration<net::VhostNetZc>,
+    /// Dropped after the registration.
+    _rcu: RcuBarrier,
+}
+
+/// Waits, when dropped at module exit, for the RCU callbacks the module queued: a
+/// zero-copy pool drops its module reference from one (see [`zerocopy`]), and must have
+/// returned from it before the module's text goes away.
+struct RcuBarrier;
+
+impl Drop for RcuBarrier {
+    fn drop(&mut self) {
+        kernel::sync::rcu::rcu_barrier();
+    }
 }
 
 /// Checks a module parameter against its range.
@@ -116,6 +130,7 @@ impl kernel::InPlaceModule for VhostNetZcModule {
                 params?;
                 MiscDeviceRegistration::register(options)
             },
+            _rcu: RcuBarrier,
         })
         .pin_chain(|_| {
             pr_info!(

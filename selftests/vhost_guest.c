@@ -63,6 +63,8 @@ void vg_close(struct vg_guest *g)
 		munmap(g->mem, g->mem_size);
 	memset(g, 0, sizeof(*g));
 	g->fd = -1;
+	for (int i = 0; i < VG_NVQS; i++)
+		g->vq[i].kick_fd = g->vq[i].call_fd = g->vq[i].err_fd = -1;
 }
 
 void *vg_alloc(struct vg_guest *g, size_t size, size_t align)

@@ -1,0 +1,535 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Zero-copy TX: the buffers of a TX virtqueue that are in flight in skbs.
+//!
+//! A chain sent zero-copy leaves the guest's pages in the skb's frags. Its head goes back to
+//! the guest only when the network stack drops the last reference to the `ubuf_info` handed
+//! to `sendmsg()` (`TUN_MSG_UBUF`) and calls its completion. A [`Pool`] is the table of those
+//! buffers for one virtqueue: [`MAX_PEND`] slots, each with its own `ubuf_info_msgzc`.
+//!
+//! Two sides touch a pool:
+//! - the completion, in any context (softirq included) and concurrently with everything
+//!   else: it only marks its slot done, wakes the virtqueue's worker and any waiter, and
+//!   drops the slot's reference to the pool;
+//! - the owner (the TX handler and the ioctls, under the virtqueue mutex), through the
+//!   [`Ledger`]: it reserves slots, reaps completed ones for the used ring, and waits for
+//!   the pool to go idle.
+//!
+//! Completions are reaped in the order they happen, not in the order the buffers were sent,
+//! so one stuck skb does not hold back the heads of later ones.
+//!
+//! A pool outlives its device while skbs still reference it: every buffer in flight holds a
+//! reference to the pool, and the pool holds a reference to the module, which it drops from
+//! an RCU callback after it is freed. While any skb may still call the completion, `rmmod`
+//! therefore gets `EBUSY`; the module's exit waits for pending RCU callbacks
+//! ([`kernel::sync::rcu::rcu_barrier`]), so none runs in an unloaded module.
+//!
+//! C header: [`include/linux/skbuff.h`](srctree/include/linux/skbuff.h) (`struct ubuf_info`).
+
+use core::ptr::{
+    addr_of,
+    addr_of_mut,
+    NonNull, //
+};
+
+use kernel::{
+    bindings as kb,
+    new_mutex,
+    prelude::*,
+    sync::{
+        atomic::{
+            Acquire,
+            Atomic,
+            Full,
+            Relaxed,
+            Release, //
+        },
+        rcu,
+        Mutex,
+        MutexGuard,
+        Refcount, //
+    },
+    types::Opaque,
+    ModuleMetadata, //
+};
+
+use crate::{
+    ffi::bindings,
+    vhost::Waker, //
+};
+
+/// Most zero-copy buffers one virtqueue has in flight, as stock vhost-net's `VHOST_MAX_PEND`.
+pub(crate) const MAX_PEND: usize = 128;
+
+/// Words of a slot bitmap.
+const WORDS: usize = MAX_PEND / 64;
+
+/// The completion the network stack calls for every `ubuf_info` of a pool.
+static UBUF_OPS: kb::ubuf_info_ops = kb::ubuf_info_ops {
+    complete: Some(complete),
+    link_skb: None,
+};
+
+/// The zero-copy buffers of one TX virtqueue. See the [module documentation](self).
+///
+/// # Invariants
+///
+/// - `ubufs[i]` is handed to the network stack only while bit `i` of the ledger's `busy` is
+///   set, with its `ctx` pointing at this pool and `desc` equal to `i`.
+/// - `refs` counts the [`PoolRef`] of the owner (while it exists) plus one per buffer the
+///   network stack holds (reserved and not yet completed); the pool is freed, after an RCU
+///   grace period, when it drops to zero.
+/// - `inflight` is the number of buffers the network stack holds.
+/// - `waker` is null or the worker of a live virtqueue; it is cleared, and an RCU grace
+///   period waited for, before that virtqueue goes away.
+/// - The pool holds one reference to this module (see [`Pool::free`]).
+#[pin_data]
+pub(crate) struct Pool {
+    ubufs: [Opaque<kb::ubuf_info_msgzc>; MAX_PEND],
+    /// Bit `i` set: slot `i`'s completion ran and the owner has not reaped it yet.
+    done: [Atomic<u64>; WORDS],
+    /// Bit `i` set: slot `i` completed after its frags were copied (no zero copy happened).
+    copied: [Atomic<u64>; WORDS],
+    inflight: Atomic<i32>,
+    /// Woken when `inflight` drops to zero.
+    #[pin]
+    idle: Opaque<kb::wait_queue_head>,
+    refs: Refcount,
+    waker: Atomic<*mut bindings::vhost_virtqueue>,
+    rcu: Opaque<kb::callback_head>,
+    #[pin]
+    ledger: Mutex<Ledger>,
+}
+
+// SAFETY: The C parts (`ubufs`, `idle`, `rcu`) are only accessed through the kernel's own
+// synchronisation (the slot protocol above, the wait queue's lock, RCU); the rest is atomics
+// and a mutex.
+unsafe impl Send for Pool {}
+// SAFETY: As for `Send`.
+unsafe impl Sync for Pool {}
+
+/// Counters of a pool, for statistics and the zero-copy heuristic.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Stats {
+    /// Buffers sent zero-copy.
+    pub(crate) sent: u64,
+    /// Buffers whose completion was reaped.
+    pub(crate) completed: u64,
+    /// Of those, buffers the stack had to copy after all (delivered locally, for example).
+    pub(crate) copied: u64,
+    /// Buffers whose completion will not be written to the used ring (the ring was reset
+    /// while they were in flight).
+    pub(crate) abandoned: u64,
+}
+
+/// The owner's side of a [`Pool`], under the pool's mutex (taken with the virtqueue mutex
+/// held).
+pub(crate) struct Ledger {
+    /// Bit `i` set: slot `i` is reserved (sent, or about to be) and not yet reaped.
+    busy: [u64; WORDS],
+    /// Bit `i` set: slot `i`'s head must not be returned (its ring was reset).
+    stale: [u64; WORDS],
+    /// The head each busy slot stands for.
+    heads: [u16; MAX_PEND],
+    stats: Stats,
+    /// Packets and copied completions in the current window of the zero-copy heuristic.
+    window: (u32, u32),
+}
+
+/// A reserved slot, between [`Pool::reserve`] and the send's outcome.
+pub(crate) struct Slot {
+    index: usize,
+}
+
+/// Bit `index` of a slot bitmap: its word and mask.
+fn bit(index: usize) -> (usize, u64) {
+    (index / 64, 1u64 << (index % 64))
+}
+
+/// Atomically sets `mask` in `word`.
+fn set_bits(word: &Atomic<u64>, mask: u64) {
+    let mut old = word.load(Relaxed);
+    // Release: the completion's effects are visible to whoever sees the bit.
+    while let Err(seen) = word.cmpxchg(old, old | mask, Release) {
+        old = seen;
+    }
+}
+
+/// Atomically clears `mask` in `word`; returns whether any of it was set.
+fn take_bits(word: &Atomic<u64>, mask: u64) -> bool {
+    let mut old = word.load(Relaxed);
+    loop {
+        if old & mask == 0 {
+            return false;
+        }
+        match word.cmpxchg(old, old & !mask, Acquire) {
+            Ok(_) => return true,
+            Err(seen) => old = seen,
+        }
+    }
+}
+
+/// The completion of every pool's `ubuf_info`: the network stack dropped a reference.
+///
+/// # Safety
+///
+/// `uarg` must be a `ubuf_info` of a [`Pool`], handed to the stack by [`Pool::reserve`] and
+/// still referenced by the caller (the stack's contract for `ubuf_info_ops::complete`).
+unsafe extern "C" fn complete(_skb: *mut kb::sk_buff, uarg: *mut kb::ubuf_info, success: bool) {
+    // SAFETY: `refcnt` is a `refcount_t`, which `Refcount` wraps transparently; the caller
+    // holds a reference, so `uarg` is live.
+    let refcnt = unsafe { &*addr_of!((*uarg).refcnt).cast::<Refcount>() };
+    if !refcnt.dec_and_test() {
+        return;
+    }
+    // SAFETY: Every `ubuf_info` a pool hands out is the `ubuf` field of one of its
+    // `ubuf_info_msgzc` (type invariant of `Pool`).
+    let zc = unsafe { kernel::container_of!(uarg, kb::ubuf_info_msgzc, ubuf) };
+    // SAFETY: `ctx` and `desc` were set by `reserve()` and are not written until the slot is
+    // reaped, which needs this completion first.
+    let (pool, index) = unsafe {
+        let ids = (*zc).__bindgen_anon_1.__bindgen_anon_1;
+        (ids.ctx.cast::<Pool>(), ids.desc)
+    };
+    // SAFETY: The slot's reference to the pool, dropped only below, keeps it alive.
+    unsafe { (*pool).completed(index, success) };
+}
+
+impl Pool {
+    /// Creates an empty pool, which takes a reference to the module, and returns the
+    /// owner's reference to it.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn create() -> Result<PoolRef> {
+        let pool = KBox::pin_init(
+            pin_init!(Pool {
+                ubufs: [const { Opaque::zeroed() }; MAX_PEND],
+                done: [const { Atomic::new(0) }; WORDS],
+                copied: [const { Atomic::new(0) }; WORDS],
+                inflight: Atomic::new(0),
+                idle <- Opaque::ffi_init(|wq| {
+                    // SAFETY: `wq` is valid for writes and pinned; the name and the lock
+                    // class key are static.
+                    unsafe {
+                        kb::__init_waitqueue_head(
+                            wq,
+                            c"vhost_net_zc_idle".as_char_ptr(),
+                            kernel::static_lock_class!().as_ptr(),
+                        )
+                    }
+                }),
+                refs: Refcount::new(1),
+                waker: Atomic::new(core::ptr::null_mut()),
+                rcu: Opaque::zeroed(),
+                ledger <- new_mutex!(Ledger {
+                    busy: [0; WORDS],
+                    stale: [0; WORDS],
+                    heads: [0; MAX_PEND],
+                    stats: Stats::default(),
+                    window: (0, 0),
+                }),
+            }),
+            GFP_KERNEL,
+        )?;
+        // SAFETY: The module is live: this runs in one of its file operations, whose file
+        // holds a reference to it. The reference is dropped by `free()`.
+        unsafe { kb::__module_get(crate::LocalModule::THIS_MODULE.as_ptr()) };
+        // SAFETY: The pool is not moved out of its allocation: `PoolRef` only hands out
+        // shared references, and `free()` rebuilds the box to drop it.
+        let raw = KBox::into_raw(unsafe { Pin::into_inner_unchecked(pool) });
+        // INVARIANT: the owner's reference is the initial one.
+        Ok(PoolRef {
+            pool: NonNull::new(raw).ok_or(ENOMEM)?,
+        })
+    }
+
+    /// Takes the owner's side. Lock order: after the virtqueue mutex.
+    pub(crate) fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock()
+    }
+
+    /// The number of buffers in flight.
+    pub(crate) fn inflight(&self) -> usize {
+        usize::try_from(self.inflight.load(Relaxed)).unwrap_or(0)
+    }
+
+    /// Makes completions queue `waker`'s virtqueue handler, which reaps them.
+    pub(crate) fn attach(&self, waker: &Waker<'_>) {
+        // INVARIANT: `Waker`s only exist for live virtqueues; the owner detaches the pool
+        // before its virtqueue goes away (`PoolRef::drop`).
+        self.waker.store(waker.as_ptr(), Release);
+    }
+
+    /// Reserves a slot for the chain `head`, if `ledger.in_flight() < limit`. The caller
+    /// sends it with [`Slot::ubuf`] and reports the outcome with [`Pool::sent`] or
+    /// [`Pool::cancel`].
+    pub(crate) fn reserve(&self, ledger: &mut Ledger, head: u16, limit: usize) -> Option<Slot> {
+        if ledger.in_flight() >= limit.min(MAX_PEND) {
+            return None;
+        }
+        let index = (0..MAX_PEND).find(|&i| {
+            let (w, m) = bit(i);
+            ledger.busy[w] & m == 0
+        })?;
+        let (w, m) = bit(index);
+        ledger.busy[w] |= m;
+        ledger.stale[w] &= !m;
+        ledger.heads[index] = head;
+        let zc = self.ubufs[index].get();
+        // SAFETY: Slot `index` was not busy, so the network stack holds no reference to its
+        // `ubuf_info`, and nothing else writes it (the ledger is locked).
+        // INVARIANT: `ctx` is this pool and `desc` the slot's index.
+        unsafe {
+            zc.write_bytes(0, 1);
+            (*zc).ubuf.ops = &UBUF_OPS;
+            (*zc).ubuf.flags = (kb::SKBFL_ZEROCOPY_ENABLE | kb::SKBFL_SHARED_FRAG) as u8;
+            (*addr_of!((*zc).ubuf.refcnt).cast::<Refcount>()).set(1);
+            (*zc).__bindgen_anon_1.__bindgen_anon_1 =
+                kb::ubuf_info_msgzc__bindgen_ty_1__bindgen_ty_1 {
+                    desc: index,
+                    ctx: core::ptr::from_ref(self).cast_mut().cast(),
+                };
+        }
+        // INVARIANT: the stack may hold the buffer from now on: count it and its reference.
+        self.refs.inc();
+        self.inflight.add(1, Relaxed);
+        Some(Slot { index })
+    }
+
+    /// The slot's `ubuf_info`, for `sendmsg()`.
+    pub(crate) fn ubuf(&self, slot: &Slot) -> *mut kb::ubuf_info {
+        // SAFETY: In bounds: `slot.index < MAX_PEND`.
+        unsafe { addr_of_mut!((*self.ubufs[slot.index].get()).ubuf) }
+    }
+
+    /// The send of `slot` succeeded: the network stack completes it.
+    pub(crate) fn sent(&self, ledger: &mut Ledger, _slot: Slot) {
+        ledger.stats.sent += 1;
+    }
+
+    /// The send of `slot` failed. The socket either never attached the `ubuf_info` to an
+    /// skb or already completed it, synchronously; either way the slot is free again.
+    pub(crate) fn cancel(&self, ledger: &mut Ledger, slot: Slot) {
+        let (w, m) = bit(slot.index);
+        ledger.busy[w] &= !m;
+        if take_bits(&self.done[w], m) {
+            // The completion ran: it dropped its counts already.
+            take_bits(&self.copied[w], m);
+            return;
+        }
+        // SAFETY: Never attached, so no one else holds the pool through this slot; the
+        // owner's reference keeps the pool alive past this call.
+        unsafe { self.release_one() };
+    }
+
+    /// Slot `index` completed (called once per reserved slot, by [`complete`]).
+    ///
+    /// # Safety
+    ///
+    /// Slot `index` must be in flight, and this call consumes its reference to the pool:
+    /// `self` may be freed (after an RCU grace period) once it returns.
+    unsafe fn completed(&self, index: usize, success: bool) {
+        let (w, m) = bit(index);
+        if !success {
+            set_bits(&self.copied[w], m);
+        }
+        set_bits(&self.done[w], m);
+        let guard = rcu::read_lock();
+        let vq = self.waker.load(Acquire);
+        if !vq.is_null() {
+            // SAFETY: A non-null waker is a live virtqueue, kept so until a grace period
+            // after it is cleared (type invariant); this is an RCU read-side section.
+            unsafe { Waker::wake_raw(vq) };
+        }
+        drop(guard);
+        // SAFETY: This is the slot's own reference.
+        unsafe { self.release_one() };
+    }
+
+    /// Drops the counts of one buffer that left the network stack.
+    ///
+    /// # Safety
+    ///
+    /// The caller gives up one reference of `refs` that a buffer held; `self` may be freed
+    /// once this returns unless the caller holds another.
+    unsafe fn release_one(&self) {
+        if self.inflight.fetch_sub(1, Full) == 1 {
+            // SAFETY: `idle` was initialised in `new()`.
+            unsafe { kb::__wake_up(self.idle.get(), kb::TASK_NORMAL, 1, core::ptr::null_mut()) };
+        }
+        // SAFETY: Forwarded from the caller.
+        unsafe { Self::put(core::ptr::from_ref(self)) };
+    }
+
+    /// Drops a reference; the last one frees the pool after an RCU grace period.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one reference of `(*pool).refs` and does not use `pool` afterwards.
+    unsafe fn put(pool: *const Pool) {
+        // SAFETY: The caller's reference keeps the pool alive.
+        let pool = unsafe { &*pool };
+        if pool.refs.dec_and_test() {
+            // SAFETY: No reference is left, so nothing but a reader that found the pool
+            // before may still look at it, and the RCU callback waits for those.
+            unsafe { kb::call_rcu(pool.rcu.get(), Some(Self::free)) };
+        }
+    }
+
+    /// Frees a pool whose last reference was dropped, and drops its module reference.
+    ///
+    /// # Safety
+    ///
+    /// `head` must be the `rcu` of a pool with no references left, queued by [`Pool::put`].
+    unsafe extern "C" fn free(head: *mut kb::callback_head) {
+        // SAFETY: `head` is the `rcu` field of a `Pool` (function contract).
+        let pool = unsafe { kernel::container_of!(Opaque::cast_from(head), Pool, rcu) };
+        // SAFETY: The pool was leaked from a `KBox` by `new()` and nothing references it.
+        drop(unsafe { KBox::from_raw(pool.cast_mut()) });
+        // SAFETY: The reference `new()` took. The module's exit waits for RCU callbacks
+        // (`rcu_barrier()`), so this function finishes before the module's text is freed.
+        unsafe { kb::module_put(crate::LocalModule::THIS_MODULE.as_ptr()) };
+    }
+
+    /// Takes the completed slots out of the table: their heads go to `heads` (up to its
+    /// length; the rest stay for the next call) unless they are stale. Returns how many
+    /// heads were written.
+    pub(crate) fn reap(&self, ledger: &mut Ledger, heads: &mut [u16]) -> usize {
+        let mut n = 0;
+        for w in 0..WORDS {
+            let mut pending = self.done[w].load(Acquire) & ledger.busy[w];
+            while pending != 0 {
+                let m = pending & pending.wrapping_neg();
+                pending &= !m;
+                let stale = ledger.stale[w] & m != 0;
+                if !stale && n == heads.len() {
+                    return n;
+                }
+                take_bits(&self.done[w], m);
+                let copied = take_bits(&self.copied[w], m);
+                ledger.busy[w] &= !m;
+                ledger.stale[w] &= !m;
+                ledger.stats.completed += 1;
+                if copied {
+                    ledger.stats.copied += 1;
+                    ledger.window.1 = ledger.window.1.saturating_add(1);
+                }
+                if stale {
+                    continue;
+                }
+                let index = w * 64 + m.trailing_zeros() as usize;
+                heads[n] = ledger.heads[index];
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Waits until no buffer is in flight, killably, for at most `timeout_ms` (`None`:
+    /// without a bound).
+    ///
+    /// # Errors
+    ///
+    /// `ETIMEDOUT` if buffers are still in flight at the end, `EINTR` if a fatal signal
+    /// ended the wait.
+    pub(crate) fn wait_idle(&self, timeout_ms: Option<u32>) -> Result {
+        // SAFETY: `idle` was initialised in `new()`; `inflight` lives as long as `self`.
+        let r = unsafe {
+            bindings::vnzc_wait_zero_killable(
+                self.idle.get(),
+                self.inflight.as_ptr(),
+                timeout_ms.map_or(-1, i64::from),
+            )
+        };
+        match r {
+            0 => Err(ETIMEDOUT),
+            r if r < 0 => Err(EINTR),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Ledger {
+    /// Reserved slots: sent and not yet reaped.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.busy.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Marks every reserved slot stale: the ring they came from was reset, so their heads
+    /// are dropped when they complete. Returns how many there were.
+    pub(crate) fn abandon_all(&mut self) -> usize {
+        let mut n = 0;
+        for w in 0..WORDS {
+            let fresh = self.busy[w] & !self.stale[w];
+            n += fresh.count_ones() as usize;
+            self.stale[w] |= self.busy[w];
+        }
+        self.stats.abandoned += n as u64;
+        n
+    }
+
+    /// The counters.
+    pub(crate) fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// The zero-copy heuristic of stock vhost-net: stop sending zero-copy while more than
+    /// one packet in 64 of the current window came back copied (delivered to a local
+    /// socket, where zero copy only costs), and start a new window every 1024 packets.
+    pub(crate) fn worth_zerocopy(&mut self) -> bool {
+        let (packets, copied) = self.window;
+        if packets >= 1024 {
+            self.window = (0, 0);
+            return true;
+        }
+        packets / 64 >= copied
+    }
+
+    /// Counts a packet in the heuristic's window.
+    pub(crate) fn count_packet(&mut self) {
+        self.window.0 = self.window.0.saturating_add(1);
+    }
+}
+
+/// The owner's reference to a [`Pool`].
+///
+/// # Invariants
+///
+/// `pool` points at a live pool, of which `self` owns one reference.
+pub(crate) struct PoolRef {
+    pool: NonNull<Pool>,
+}
+
+// SAFETY: A pool is `Send` and `Sync`; the reference may be dropped from any thread.
+unsafe impl Send for PoolRef {}
+// SAFETY: As above.
+unsafe impl Sync for PoolRef {}
+
+impl core::ops::Deref for PoolRef {
+    type Target = Pool;
+
+    fn deref(&self) -> &Pool {
+        // SAFETY: `self` owns a reference, which keeps the pool alive (type invariant).
+        unsafe { self.pool.as_ref() }
+    }
+}
+
+impl Drop for PoolRef {
+    fn drop(&mut self) {
+        if !self.waker.xchg(core::ptr::null_mut(), Full).is_null() {
+            // Completions that still found the virtqueue have left it before it goes.
+            rcu::synchronize_rcu();
+        }
+        let left = self.inflight();
+        if left != 0 {
+            pr_info!(
+                "device closed with {} zero-copy buffers in flight; the module stays loaded until the network stack releases them\n",
+                left
+            );
+        }
+        // SAFETY: `self` owns one reference and is not used again.
+        unsafe { Pool::put(self.pool.as_ptr()) };
+    }
+}
