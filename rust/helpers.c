@@ -5,6 +5,11 @@
 
 #include <linux/net.h>
 #include <linux/if_vlan.h>
+#include <linux/if_tap.h>
+#include <linux/if_tun.h>
+#include <linux/ptr_ring.h>
+#include <linux/skb_array.h>
+#include <net/xdp.h>
 #include <net/sock.h>
 
 #include "vhost.h"
@@ -125,4 +130,53 @@ long vnzc_wait_zero_killable(struct wait_queue_head *wq, int *count, s64 timeout
 	if (r == -ETIME)
 		return 0;
 	return r ? r : 1;
+}
+
+/* The ptr_ring a tap or macvtap file queues its packets for the reader in, or NULL. */
+struct ptr_ring *vnzc_tap_ring(struct file *file)
+{
+	struct ptr_ring *ring = tun_get_tx_ring(file);
+
+	if (IS_ERR(ring))
+		ring = tap_get_ptr_ring(file);
+	return IS_ERR(ring) ? NULL : ring;
+}
+
+/* Takes up to @n packets off @ring into @batch; lets the tap queue packets again. */
+int vnzc_ring_consume_batched(struct ptr_ring *ring, struct file *file, void **batch, int n)
+{
+	int got;
+
+	spin_lock(&ring->consumer_lock);
+	got = __ptr_ring_consume_batched(ring, batch, n);
+	if (got)
+		tun_wake_queue(file, got);
+	spin_unlock(&ring->consumer_lock);
+	return got;
+}
+
+/* Puts @n packets taken by vnzc_ring_consume_batched() back at the ring's head. */
+void vnzc_ring_unconsume(struct ptr_ring *ring, void **batch, int n)
+{
+	ptr_ring_unconsume(ring, batch, n, tun_ptr_free);
+}
+
+/* Length of a packet in a tap's ring: an skb, or an XDP frame (tagged pointer). */
+int vnzc_ring_entry_len(void *ptr)
+{
+	if (tun_is_xdp_frame(ptr))
+		return tun_ptr_to_xdp(ptr)->len;
+	return __skb_array_len_with_tag(ptr);
+}
+
+/* The clock of busy polling, in roughly microseconds (ns >> 10, as vhost-net). */
+u64 vnzc_busy_clock(void)
+{
+	return local_clock() >> 10;
+}
+
+/* Whether a busy poll ending at @endtime (vnzc_busy_clock()) may go on. */
+bool vnzc_can_busy_poll(u64 endtime)
+{
+	return !need_resched() && !signal_pending(current) && vnzc_busy_clock() <= endtime;
 }

@@ -11,6 +11,8 @@
 struct vhost_virtqueue;
 struct socket;
 struct wait_queue_head;
+struct ptr_ring;
+struct file;
 
 void *vnzc_vq_get_backend(struct vhost_virtqueue *vq);
 void vnzc_vq_set_backend(struct vhost_virtqueue *vq, void *private_data);
@@ -27,5 +29,11 @@ void vnzc_debug(const char *what, s64 a, s64 b);
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg);
 bool vnzc_sock_zerocopy(struct socket *sock);
 long vnzc_wait_zero_killable(struct wait_queue_head *wq, int *count, s64 timeout_ms);
+struct ptr_ring *vnzc_tap_ring(struct file *file);
+int vnzc_ring_consume_batched(struct ptr_ring *ring, struct file *file, void **batch, int n);
+void vnzc_ring_unconsume(struct ptr_ring *ring, void **batch, int n);
+int vnzc_ring_entry_len(void *ptr);
+u64 vnzc_busy_clock(void);
+bool vnzc_can_busy_poll(u64 endtime);
 
 #endif /* _VNZC_HELPERS_H */

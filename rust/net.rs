@@ -13,12 +13,18 @@
 //! zero-copy ([`crate::zerocopy`]), and RX (with mergeable buffers and dirty logging).
 
 use kernel::{
+    debugfs,
     fs::File,
     miscdevice::{
         MiscDevice,
         MiscDeviceRegistration, //
     },
     prelude::*,
+    str::CString,
+    sync::atomic::{
+        Atomic,
+        Relaxed, //
+    },
     uaccess::{
         UserPtr,
         UserSlice, //
@@ -39,7 +45,8 @@ use crate::{
     zerocopy::{
         Ledger,
         Pool,
-        PoolRef, //
+        PoolRef,
+        StatsRef, //
     },
 };
 
@@ -67,6 +74,34 @@ const LIMITS: Limits = Limits {
 pub(crate) struct NetState {
     /// The TX virtqueue's zero-copy buffers in flight.
     tx: PoolRef,
+    /// `vhost-net-zc/<tgid>-<n>/stats` in debugfs: the zero-copy counters.
+    _stats: Pin<KBox<debugfs::File<StatsRef>>>,
+    _dir: debugfs::Dir,
+}
+
+/// Numbers the devices, for their debugfs directories.
+static DEVICES: Atomic<u64> = Atomic::new(0);
+
+impl NetState {
+    fn new() -> Result<Self> {
+        let tx = Pool::create(crate::module_parameters::timeout_ms.value())?;
+        let stats = tx.stats_ref();
+        let name = CString::try_from_fmt(fmt!(
+            "{}-{}",
+            kernel::current!().tgid(),
+            DEVICES.fetch_add(1, Relaxed)
+        ))?;
+        let dir = crate::debugfs_dir(&name);
+        let stats = KBox::pin_init(
+            dir.read_callback_file(c"stats", stats, &StatsRef::show),
+            GFP_KERNEL,
+        )?;
+        Ok(NetState {
+            tx,
+            _stats: stats,
+            _dir: dir,
+        })
+    }
 }
 
 /// A virtqueue of the net device, locked.
@@ -86,8 +121,8 @@ impl Driver<NVQS> for NetState {
             return;
         };
         match index {
-            TX => handle_tx(&vq, &dev.data().tx),
-            RX => handle_rx(&vq),
+            TX => handle_tx(dev, &vq, &dev.data().tx),
+            RX => handle_rx(dev, &vq),
             _ => {}
         }
     }
@@ -114,6 +149,48 @@ impl Driver<NVQS> for NetState {
             vhost::debug(c"TX: zero-copy buffers abandoned at reset", abandoned, 0);
         }
     }
+}
+
+/// Busy polling (`VHOST_SET_VRING_BUSYLOOP_TIMEOUT`), as vhost-net does it: the handler of
+/// one queue, finding nothing to do, spins for up to the timeout (microseconds) watching
+/// both the guest's TX ring and the RX socket with the guest's RX buffers, instead of
+/// waiting for a kick or a socket wakeup. `rvq` and `tvq` are both locked; `poll_rx` says
+/// which handler polls (the other queue was only try-locked, and is the one whose
+/// notifications are off meanwhile). Returns `true` if the poll stopped because other work
+/// is queued on the worker.
+fn busy_poll(rvq: &NetVq<'_>, tvq: &NetVq<'_>, poll_rx: bool) -> bool {
+    let (timeout, other) = if poll_rx {
+        (rvq.busyloop_timeout(), tvq)
+    } else {
+        (tvq.busyloop_timeout(), rvq)
+    };
+    other.disable_notify();
+    let sock = rvq.backend();
+    let rx_data = || sock.is_some_and(|s| s.peek_len().is_some());
+    let end = vhost::busy_clock().saturating_add(u64::from(timeout));
+    let mut interrupted = false;
+    while vhost::can_busy_poll(end) {
+        if other.has_work() {
+            interrupted = true;
+            break;
+        }
+        if (rx_data() && !rvq.avail_empty()) || !tvq.avail_empty() {
+            break;
+        }
+        core::hint::spin_loop();
+    }
+    if poll_rx || rx_data() {
+        // Let the other queue's handler run if it has something to do, else take kicks.
+        if !other.avail_empty() {
+            other.queue();
+        } else if other.enable_notify() {
+            other.disable_notify();
+            other.queue();
+        }
+    } else {
+        rvq.enable_notify();
+    }
+    interrupted
 }
 
 /// Returns the zero-copy buffers the network stack has released to the guest.
@@ -169,10 +246,11 @@ const NET_HDR_BASE: usize = size_of::<crate::ffi::bindings::virtio_net_hdr>();
 
 /// Moves packets from the socket into the guest's RX buffers until the socket is empty, the
 /// guest has no buffers, or the handler's weight is used up.
-fn handle_rx(vq: &NetVq<'_>) {
+fn handle_rx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>) {
     let Some(sock) = begin(vq) else {
         return;
     };
+    let mut interrupted = false;
     // Not woken by the socket while draining it; polled again once it is empty.
     vq.stop_poll();
     let vhost_hlen = vhost_hdr_len(vq);
@@ -186,7 +264,14 @@ fn handle_rx(vq: &NetVq<'_>) {
     let (mut packets, mut bytes) = (0usize, 0usize);
     let mut drained = false;
     loop {
-        let Some(peeked) = sock.peek_len() else {
+        let mut peeked = sock.peek_len();
+        if peeked.is_none() && vq.busyloop_timeout() != 0 {
+            if let Some(tvq) = dev.try_vq(TX as u32) {
+                interrupted = busy_poll(vq, &tvq, true);
+            }
+            peeked = sock.peek_len();
+        }
+        let Some(peeked) = peeked else {
             drained = true;
             break;
         };
@@ -249,7 +334,9 @@ fn handle_rx(vq: &NetVq<'_>) {
             break;
         }
     }
-    if drained {
+    if interrupted {
+        vq.queue();
+    } else if drained {
         let _ = vq.start_poll();
     }
 }
@@ -262,9 +349,17 @@ fn handle_rx(vq: &NetVq<'_>) {
 /// [`zerocopy::MAX_PEND`](crate::zerocopy::MAX_PEND)), and zero copy has been paying off
 /// (see [`Ledger::worth_zerocopy`]); its head is returned when the network stack releases
 /// it. Every other packet is copied and its head returned at once.
-fn handle_tx(vq: &NetVq<'_>, pool: &Pool) {
+fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     let mut ledger = pool.ledger();
     return_completed(vq, pool, &mut ledger);
+    let expired = pool.mark_expired(&mut ledger);
+    if expired != 0 {
+        vhost::debug(
+            c"TX: zero-copy buffers expired (now, in all)",
+            expired,
+            ledger.expired(),
+        );
+    }
     let Some(sock) = begin(vq) else {
         return;
     };
@@ -277,8 +372,22 @@ fn handle_tx(vq: &NetVq<'_>, pool: &Pool) {
     }
     let (mut packets, mut bytes) = (0usize, 0usize);
     loop {
-        let chain = match vq.get_desc() {
+        let mut next = vq.get_desc();
+        let mut interrupted = false;
+        if matches!(next, Ok(None)) && vq.busyloop_timeout() != 0 {
+            return_completed(vq, pool, &mut ledger);
+            if let Some(rvq) = dev.try_vq(RX as u32) {
+                interrupted = busy_poll(&rvq, vq, false);
+            }
+            next = vq.get_desc();
+        }
+        let chain = match next {
             Ok(Some(chain)) => chain,
+            Ok(None) if interrupted => {
+                // Other work is waiting for the worker: run again after it.
+                vq.queue();
+                break;
+            }
             Ok(None) => {
                 // Empty: ask for kicks, unless buffers slipped in meanwhile.
                 if vq.enable_notify() {
@@ -558,9 +667,7 @@ impl MiscDevice for VhostNetZc {
     type Ptr = Pin<KVBox<Self>>;
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
-        let state = NetState {
-            tx: Pool::create()?,
-        };
+        let state = NetState::new()?;
         KVBox::try_pin_init(
             try_pin_init!(VhostNetZc {
                 vhost <- VhostDev::new(LIMITS, Ok::<_, Error>(state)),

@@ -12,7 +12,9 @@ use core::ptr::NonNull;
 use kernel::{
     bindings as kb,
     fs::File,
-    prelude::*, //
+    new_mutex,
+    prelude::*,
+    sync::Mutex, //
 };
 
 use crate::{
@@ -26,10 +28,40 @@ use crate::{
 ///
 /// `sock` is a live socket and `self` owns one reference to `sock->file`, which keeps the
 /// socket alive. `zerocopy` is only true for a tap or macvtap socket that takes zero-copy
-/// buffers (`TUN_MSG_UBUF`).
+/// buffers (`TUN_MSG_UBUF`). `rx` is the ring of a tap or macvtap file, with the packets
+/// taken off it and not yet received.
 pub(crate) struct Socket {
     sock: NonNull<kb::socket>,
     zerocopy: bool,
+    rx: Option<RxRing>,
+}
+
+/// Most packets taken off a tap's ring at once (stock vhost-net's `VHOST_NET_BATCH`).
+const BATCH: usize = 64;
+
+/// Packets taken off a tap's ring in one go, received one by one.
+///
+/// # Invariants
+///
+/// `queue[head..tail]` are packets owned by the batch (skbs or tagged XDP frames of
+/// `ring`), in ring order; `head <= tail <= BATCH`.
+struct Batch {
+    queue: [*mut c_void; BATCH],
+    head: usize,
+    tail: usize,
+}
+
+// SAFETY: The packets a batch owns may be received or freed from any thread.
+unsafe impl Send for Batch {}
+
+/// A tap's packet ring and the batch taken off it.
+///
+/// # Invariants
+///
+/// `ring` is the ring of the socket's file, alive as long as the file the socket references.
+struct RxRing {
+    ring: NonNull<bindings::ptr_ring>,
+    batch: Pin<KBox<Mutex<Batch>>>,
 }
 
 // SAFETY: A socket reference may be used and released from any thread; socket operations do
@@ -61,6 +93,7 @@ impl Socket {
         let this = Self {
             sock,
             zerocopy: false,
+            rx: None,
         };
         // SAFETY: `sock` is live (just looked up).
         let (ty, family) = unsafe {
@@ -96,12 +129,35 @@ impl Socket {
             unsafe { kb::fput(file.as_ptr()) };
             return Err(ENOTSOCK);
         }
-        let sock = NonNull::new(sock.cast::<kb::socket>()).ok_or(ENOTSOCK)?;
+        let Some(sock) = NonNull::new(sock.cast::<kb::socket>()) else {
+            // SAFETY: The reference taken by `fget()` above.
+            unsafe { kb::fput(file.as_ptr()) };
+            return Err(ENOTSOCK);
+        };
         // SAFETY: `sock` is live: its file is referenced.
         let zerocopy = unsafe { bindings::vnzc_sock_zerocopy(sock.as_ptr().cast()) };
+        // SAFETY: `file` is a referenced tap or macvtap file.
+        let ring = NonNull::new(unsafe { bindings::vnzc_tap_ring(file.as_ptr().cast()) });
         // INVARIANT: the reference `fget()` took on the file, which is `sock->file`, moves
         // into `self`; tun and tap take `TUN_MSG_UBUF` when they set `SOCK_ZEROCOPY`.
-        Ok(Self { sock, zerocopy })
+        let mut this = Self {
+            sock,
+            zerocopy,
+            rx: None,
+        };
+        if let Some(ring) = ring {
+            let batch = KBox::pin_init(
+                new_mutex!(Batch {
+                    queue: [core::ptr::null_mut(); BATCH],
+                    head: 0,
+                    tail: 0,
+                }),
+                GFP_KERNEL,
+            )?;
+            // INVARIANT: the ring is the file's, which `this` references.
+            this.rx = Some(RxRing { ring, batch });
+        }
+        Ok(this)
     }
 
     /// Sends one packet gathered from `iov`, whose first `skip` bytes (a virtio-net header
@@ -165,10 +221,53 @@ impl Socket {
     }
 
     /// Length of the packet at the head of the socket's queue, `None` if it is empty.
+    ///
+    /// From a tap or macvtap, packets are taken off its ring up to 64 at a time (which lets
+    /// the tap queue more at once) and received from that batch by [`Socket::recv`].
     pub(crate) fn peek_len(&self) -> Option<usize> {
-        // SAFETY: The socket is live (type invariant).
-        let len = unsafe { bindings::vnzc_sock_peek_len(self.sock.as_ptr().cast()) };
+        let len = match &self.rx {
+            Some(rx) => {
+                let mut batch = rx.batch.lock();
+                if batch.head == batch.tail {
+                    let file = self.file().as_ptr();
+                    // SAFETY: The ring is the referenced file's (type invariant); the batch
+                    // is empty, so its whole queue may be filled.
+                    let got = unsafe {
+                        bindings::vnzc_ring_consume_batched(
+                            rx.ring.as_ptr(),
+                            file.cast(),
+                            batch.queue.as_mut_ptr(),
+                            BATCH as i32,
+                        )
+                    };
+                    // INVARIANT: the packets taken are `queue[0..got]`, `got <= BATCH`.
+                    batch.head = 0;
+                    batch.tail = usize::try_from(got).unwrap_or(0).min(BATCH);
+                }
+                let head = *batch
+                    .queue
+                    .get(batch.head)
+                    .filter(|_| batch.head < batch.tail)?;
+                // SAFETY: `head` is a packet the batch owns (type invariant of `Batch`).
+                unsafe { bindings::vnzc_ring_entry_len(head) }
+            }
+            // SAFETY: The socket is live (type invariant).
+            None => unsafe { bindings::vnzc_sock_peek_len(self.sock.as_ptr().cast()) },
+        };
         usize::try_from(len).ok().filter(|&l| l > 0)
+    }
+
+    /// Takes the packet at the head of the batch, if any, for `recvmsg()` to consume.
+    fn take_batched(&self) -> Option<NonNull<c_void>> {
+        let rx = self.rx.as_ref()?;
+        let mut batch = rx.batch.lock();
+        if batch.head == batch.tail {
+            return None;
+        }
+        let packet = batch.queue[batch.head];
+        // INVARIANT: the packet leaves the batch; its ownership goes to the caller.
+        batch.head += 1;
+        NonNull::new(packet)
     }
 
     /// Receives one packet into the buffers `iov` describes, from byte `skip` on (room for
@@ -180,6 +279,10 @@ impl Socket {
     /// The socket's errno.
     pub(crate) fn recv(&self, iov: &[kb::iovec], skip: usize, len: usize) -> Result<usize> {
         let mut msg = message(iov, kb::ITER_DEST, skip, len)?;
+        if let Some(packet) = self.take_batched() {
+            // tun and tap receive (and free) the packet passed this way, even on error.
+            msg.__bindgen_anon_1.msg_control = packet.as_ptr();
+        }
         let sock = self.sock.as_ptr();
         // SAFETY: The socket is live (type invariant); its `ops` table is set for its
         // lifetime.
@@ -227,6 +330,25 @@ impl Backend for Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
+        if let Some(rx) = &self.rx {
+            let mut batch = rx.batch.lock();
+            let (head, tail) = (batch.head, batch.tail);
+            if head < tail {
+                // SAFETY: The ring is alive (its file is still referenced) and
+                // `queue[head..tail]` are packets taken off it, in order, which go back to
+                // its head: the next reader gets them, or the tap frees them.
+                unsafe {
+                    bindings::vnzc_ring_unconsume(
+                        rx.ring.as_ptr(),
+                        batch.queue.as_mut_ptr().add(head),
+                        (tail - head) as i32,
+                    )
+                };
+            }
+            // INVARIANT: the batch owns nothing any more.
+            batch.head = 0;
+            batch.tail = 0;
+        }
         // SAFETY: `self` owns one reference to `sock->file` (type invariant).
         unsafe { kb::fput((*self.sock.as_ptr()).file) }
     }

@@ -156,6 +156,19 @@ pub(crate) fn debug(what: &CStr, a: impl TryInto<i64>, b: impl TryInto<i64>) {
     unsafe { bindings::vnzc_debug(what.as_char_ptr(), a, b) }
 }
 
+/// The clock busy polling counts in (nanoseconds / 1024).
+pub(crate) fn busy_clock() -> u64 {
+    // SAFETY: Reads the local clock; no precondition.
+    unsafe { bindings::vnzc_busy_clock() }
+}
+
+/// Whether a busy poll ending at `end` ([`busy_clock`]) may go on: it is not over, and the
+/// worker is not wanted elsewhere (a reschedule or a signal is pending).
+pub(crate) fn can_busy_poll(end: u64) -> bool {
+    // SAFETY: Reads the clock and the current task's flags; no precondition.
+    unsafe { bindings::vnzc_can_busy_poll(end) }
+}
+
 /// Total length of `iov`, saturating (each length is guest-controlled).
 pub(crate) fn iov_len(iov: &[kernel::bindings::iovec]) -> usize {
     iov.iter()
@@ -345,6 +358,30 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
             poll: poll.get(),
             backend: backend.get(),
             _guard: mutex.lock(),
+        })
+    }
+
+    /// Takes the mutex of virtqueue `index` if it is free: a handler holding one virtqueue's
+    /// mutex may take the other's only this way (no lock order between them).
+    pub(crate) fn try_vq(&self, index: u32) -> Option<VqGuard<'_, D, N>> {
+        let index = usize::try_from(index).ok()?;
+        let (vq, poll, backend) = (
+            self.vqs.get(index)?,
+            self.polls.get(index)?,
+            self.backends.get(index)?,
+        );
+        let vq = vq.0.get();
+        // SAFETY: `vq.mutex` was initialised by `vhost_dev_init()` and lives as long as
+        // `self`.
+        let mutex = unsafe { Mutex::from_raw(addr_of_mut!((*vq).mutex)) };
+        let guard = mutex.try_lock()?;
+        // INVARIANT: the three pointers are index `index` of `self`; the mutex is its vq's.
+        Some(VqGuard {
+            dev: self,
+            vq,
+            poll: poll.get(),
+            backend: backend.get(),
+            _guard: guard,
         })
     }
 
@@ -905,6 +942,30 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
     pub(crate) fn num(&self) -> u32 {
         // SAFETY: The virtqueue is initialised; `num` is only written under the mutex held.
         unsafe { (*self.raw()).num }
+    }
+
+    /// The busy-poll timeout in microseconds (`VHOST_SET_VRING_BUSYLOOP_TIMEOUT`), 0 if off.
+    pub(crate) fn busyloop_timeout(&self) -> u32 {
+        // SAFETY: The virtqueue is initialised; the field is only written under the mutex.
+        unsafe { (*self.raw()).busyloop_timeout }
+    }
+
+    /// Whether the guest has no buffer waiting in the avail ring.
+    pub(crate) fn avail_empty(&self) -> bool {
+        // SAFETY: The device and virtqueue are initialised and the virtqueue mutex is held.
+        unsafe { bindings::vhost_vq_avail_empty(self.dev.dev.get(), self.raw()) }
+    }
+
+    /// Whether work is queued on the virtqueue's worker.
+    pub(crate) fn has_work(&self) -> bool {
+        // SAFETY: The virtqueue is initialised.
+        unsafe { bindings::vhost_vq_has_work(self.raw()) }
+    }
+
+    /// Queues this virtqueue's handler to run again.
+    pub(crate) fn queue(&self) {
+        // SAFETY: The virtqueue is initialised and belongs to the live device `self.dev`.
+        unsafe { Waker::wake_raw(self.raw()) }
     }
 
     /// A handle that queues this virtqueue's handler from any context.

@@ -27,6 +27,7 @@ mod vhost;
 mod zerocopy;
 
 use kernel::{
+    debugfs::Dir,
     miscdevice::{
         MiscDeviceOptions,
         MiscDeviceRegistration, //
@@ -62,6 +63,20 @@ const COPY_THRESHOLD_RANGE: core::ops::RangeInclusive<u32> = 64..=65536;
 /// Accepted range of `timeout_ms`: at least 1 ms, at most 10 minutes.
 const TIMEOUT_MS_RANGE: core::ops::RangeInclusive<u32> = 1..=600_000;
 
+kernel::sync::global_lock! {
+    // SAFETY: Initialised by the module's `init`, before the device is registered.
+    unsafe(uninit) static DEBUGFS: Mutex<Option<Dir>> = None;
+}
+
+/// A debugfs directory for one device, `vhost-net-zc/<name>`; one that does nothing if
+/// debugfs is not available.
+pub(crate) fn debugfs_dir(name: &CStr) -> Dir {
+    match DEBUGFS.lock().as_ref() {
+        Some(root) => root.subdir(name),
+        None => Dir::new(name),
+    }
+}
+
 /// The module: the registration of `/dev/vhost-net-zc`.
 #[pin_data]
 struct VhostNetZcModule {
@@ -69,6 +84,25 @@ struct VhostNetZcModule {
     _misc: MiscDeviceRegistration<net::VhostNetZc>,
     /// Dropped after the registration.
     _rcu: RcuBarrier,
+    /// Dropped last: removes `vhost-net-zc/` from debugfs.
+    _debugfs: DebugfsRoot,
+}
+
+/// Owns the module's debugfs directory, through [`DEBUGFS`].
+struct DebugfsRoot;
+
+impl DebugfsRoot {
+    /// Creates `vhost-net-zc/` in debugfs (nothing if debugfs is not available).
+    fn new() -> Self {
+        *DEBUGFS.lock() = Some(Dir::new(c"vhost-net-zc"));
+        DebugfsRoot
+    }
+}
+
+impl Drop for DebugfsRoot {
+    fn drop(&mut self) {
+        drop(DEBUGFS.lock().take());
+    }
 }
 
 /// Waits, when dropped at module exit, for the RCU callbacks the module queued: a
@@ -125,11 +159,16 @@ impl kernel::InPlaceModule for VhostNetZcModule {
             name: c"vhost-net-zc",
         };
         let params = check_params();
+        // SAFETY: Called once, before anything uses the lock.
+        unsafe { DEBUGFS.init() };
+        // Initialised in this order, dropped in the order of the fields: if registering fails,
+        // the debugfs directory made before it goes again.
         try_pin_init!(Self {
-            _misc <- {
+            _debugfs: {
                 params?;
-                MiscDeviceRegistration::register(options)
+                DebugfsRoot::new()
             },
+            _misc <- MiscDeviceRegistration::register(options),
             _rcu: RcuBarrier,
         })
         .pin_chain(|_| {

@@ -64,6 +64,15 @@ pub(crate) const MAX_PEND: usize = 128;
 /// Words of a slot bitmap.
 const WORDS: usize = MAX_PEND / 64;
 
+/// How late the deadline timer may fire, to let the kernel batch it with others.
+const TIMER_SLACK_NS: u64 = 100_000;
+
+/// `CLOCK_MONOTONIC` now, in ns.
+fn now() -> i64 {
+    // SAFETY: Reads the clock; no precondition.
+    unsafe { kb::ktime_get() }
+}
+
 /// The completion the network stack calls for every `ubuf_info` of a pool.
 static UBUF_OPS: kb::ubuf_info_ops = kb::ubuf_info_ops {
     complete: Some(complete),
@@ -82,6 +91,8 @@ static UBUF_OPS: kb::ubuf_info_ops = kb::ubuf_info_ops {
 /// - `inflight` is the number of buffers the network stack holds.
 /// - `waker` is null or the worker of a live virtqueue; it is cleared, and an RCU grace
 ///   period waited for, before that virtqueue goes away.
+/// - `timer` is only started by the owner (under the ledger's mutex) and is cancelled
+///   before the owner's reference is dropped.
 /// - The pool holds one reference to this module (see [`Pool::free`]).
 #[pin_data]
 pub(crate) struct Pool {
@@ -97,6 +108,10 @@ pub(crate) struct Pool {
     refs: Refcount,
     waker: Atomic<*mut bindings::vhost_virtqueue>,
     rcu: Opaque<kb::callback_head>,
+    /// Fires at the earliest deadline of the buffers in flight; queues the handler, which
+    /// marks what expired.
+    #[pin]
+    timer: Opaque<kb::hrtimer>,
     #[pin]
     ledger: Mutex<Ledger>,
 }
@@ -120,6 +135,8 @@ pub(crate) struct Stats {
     /// Buffers whose completion will not be written to the used ring (the ring was reset
     /// while they were in flight).
     pub(crate) abandoned: u64,
+    /// Buffers found in flight past their deadline.
+    pub(crate) expired: u64,
 }
 
 /// The owner's side of a [`Pool`], under the pool's mutex (taken with the virtqueue mutex
@@ -131,6 +148,14 @@ pub(crate) struct Ledger {
     stale: [u64; WORDS],
     /// The head each busy slot stands for.
     heads: [u16; MAX_PEND],
+    /// Each busy slot's deadline (`CLOCK_MONOTONIC`, ns).
+    deadline: [i64; MAX_PEND],
+    /// Bit `i` set: slot `i` was found in flight past its deadline.
+    expired: [u64; WORDS],
+    /// The deadline `timer` is armed for, `i64::MAX` if it is not.
+    armed: i64,
+    /// How long a buffer may stay in flight before it expires, in ns.
+    timeout: i64,
     stats: Stats,
     /// Packets and copied completions in the current window of the zero-copy heuristic.
     window: (u32, u32),
@@ -196,13 +221,13 @@ unsafe extern "C" fn complete(_skb: *mut kb::sk_buff, uarg: *mut kb::ubuf_info, 
 }
 
 impl Pool {
-    /// Creates an empty pool, which takes a reference to the module, and returns the
-    /// owner's reference to it.
+    /// Creates an empty pool whose buffers expire `timeout_ms` after they are sent. The pool
+    /// takes a reference to the module; the owner's reference to it is returned.
     ///
     /// # Errors
     ///
     /// `ENOMEM`.
-    pub(crate) fn create() -> Result<PoolRef> {
+    pub(crate) fn create(timeout_ms: u32) -> Result<PoolRef> {
         let pool = KBox::pin_init(
             pin_init!(Pool {
                 ubufs: [const { Opaque::zeroed() }; MAX_PEND],
@@ -223,10 +248,26 @@ impl Pool {
                 refs: Refcount::new(1),
                 waker: Atomic::new(core::ptr::null_mut()),
                 rcu: Opaque::zeroed(),
+                timer <- Opaque::ffi_init(|timer| {
+                    // SAFETY: `timer` is valid for writes and pinned; the callback only
+                    // uses the pool the timer is embedded in.
+                    unsafe {
+                        kb::hrtimer_setup(
+                            timer,
+                            Some(Self::deadline_passed),
+                            kb::CLOCK_MONOTONIC as i32,
+                            kb::hrtimer_mode_HRTIMER_MODE_ABS,
+                        )
+                    }
+                }),
                 ledger <- new_mutex!(Ledger {
                     busy: [0; WORDS],
                     stale: [0; WORDS],
                     heads: [0; MAX_PEND],
+                    deadline: [0; MAX_PEND],
+                    expired: [0; WORDS],
+                    armed: i64::MAX,
+                    timeout: i64::from(timeout_ms) * 1_000_000,
                     stats: Stats::default(),
                     window: (0, 0),
                 }),
@@ -276,7 +317,11 @@ impl Pool {
         let (w, m) = bit(index);
         ledger.busy[w] |= m;
         ledger.stale[w] &= !m;
+        ledger.expired[w] &= !m;
         ledger.heads[index] = head;
+        let deadline = now().saturating_add(ledger.timeout);
+        ledger.deadline[index] = deadline;
+        self.arm(ledger, deadline);
         let zc = self.ubufs[index].get();
         // SAFETY: Slot `index` was not busy, so the network stack holds no reference to its
         // `ubuf_info`, and nothing else writes it (the ledger is locked).
@@ -411,6 +456,7 @@ impl Pool {
                 let copied = take_bits(&self.copied[w], m);
                 ledger.busy[w] &= !m;
                 ledger.stale[w] &= !m;
+                ledger.expired[w] &= !m;
                 ledger.stats.completed += 1;
                 if copied {
                     ledger.stats.copied += 1;
@@ -425,6 +471,83 @@ impl Pool {
             }
         }
         n
+    }
+
+    /// Makes the timer fire by `deadline` at the latest.
+    fn arm(&self, ledger: &mut Ledger, deadline: i64) {
+        if deadline >= ledger.armed {
+            return;
+        }
+        ledger.armed = deadline;
+        // SAFETY: The timer was set up in `create()`; the owner starts it under the ledger's
+        // mutex and cancels it before it lets go of the pool (type invariant).
+        unsafe {
+            kb::hrtimer_start_range_ns(
+                self.timer.get(),
+                deadline,
+                TIMER_SLACK_NS,
+                kb::hrtimer_mode_HRTIMER_MODE_ABS,
+            )
+        };
+    }
+
+    /// Marks the buffers in flight past their deadline as expired and re-arms the timer for
+    /// the earliest deadline left. Returns how many expired now.
+    pub(crate) fn mark_expired(&self, ledger: &mut Ledger) -> usize {
+        let now = now();
+        let mut newly = 0;
+        let mut next = i64::MAX;
+        for w in 0..WORDS {
+            let mut live = ledger.busy[w]
+                & !ledger.expired[w]
+                & !ledger.stale[w]
+                & !self.done[w].load(Acquire);
+            while live != 0 {
+                let m = live & live.wrapping_neg();
+                live &= !m;
+                let index = w * 64 + m.trailing_zeros() as usize;
+                let deadline = ledger.deadline[index];
+                if deadline <= now {
+                    ledger.expired[w] |= m;
+                    newly += 1;
+                } else {
+                    next = next.min(deadline);
+                }
+            }
+        }
+        ledger.stats.expired += newly as u64;
+        ledger.armed = i64::MAX;
+        if next != i64::MAX {
+            self.arm(ledger, next);
+        }
+        newly
+    }
+
+    /// The timer's callback: queues the handler, which marks what expired.
+    ///
+    /// # Safety
+    ///
+    /// `timer` must be the `timer` of a live pool (the owner cancels it before the pool can
+    /// go away).
+    unsafe extern "C" fn deadline_passed(timer: *mut kb::hrtimer) -> kb::hrtimer_restart {
+        // SAFETY: `timer` is the `timer` field of a live `Pool` (function contract).
+        let pool = unsafe { &*kernel::container_of!(Opaque::cast_from(timer), Pool, timer) };
+        let guard = rcu::read_lock();
+        let vq = pool.waker.load(Acquire);
+        if !vq.is_null() {
+            // SAFETY: A non-null waker is a live virtqueue while in an RCU read-side
+            // section (type invariant).
+            unsafe { Waker::wake_raw(vq) };
+        }
+        drop(guard);
+        kb::hrtimer_restart::HRTIMER_NORESTART
+    }
+
+    /// Stops the timer; the owner calls it before it lets go of the pool.
+    fn stop_timer(&self) {
+        // SAFETY: The timer was set up in `create()`; cancelling waits for a running
+        // callback.
+        unsafe { kb::hrtimer_cancel(self.timer.get()) };
     }
 
     /// Waits until no buffer is in flight, killably, for at most `timeout_ms` (`None`:
@@ -475,6 +598,15 @@ impl Ledger {
         self.stats
     }
 
+    /// Buffers in flight past their deadline (marked by [`Pool::mark_expired`]).
+    pub(crate) fn expired(&self) -> usize {
+        self.expired
+            .iter()
+            .zip(&self.stale)
+            .map(|(e, s)| (e & !s).count_ones() as usize)
+            .sum()
+    }
+
     /// The zero-copy heuristic of stock vhost-net: stop sending zero-copy while more than
     /// one packet in 64 of the current window came back copied (delivered to a local
     /// socket, where zero copy only costs), and start a new window every 1024 packets.
@@ -490,6 +622,45 @@ impl Ledger {
     /// Counts a packet in the heuristic's window.
     pub(crate) fn count_packet(&mut self) {
         self.window.0 = self.window.0.saturating_add(1);
+    }
+}
+
+/// A reference to a [`Pool`] that reads its counters (for debugfs).
+///
+/// # Invariants
+///
+/// `pool` points at a live pool, of which `self` owns one reference.
+pub(crate) struct StatsRef {
+    pool: NonNull<Pool>,
+}
+
+// SAFETY: A pool is `Send` and `Sync`; the reference may be dropped from any thread.
+unsafe impl Send for StatsRef {}
+// SAFETY: As above.
+unsafe impl Sync for StatsRef {}
+
+impl StatsRef {
+    /// Writes the counters, one `name: value` per line.
+    pub(crate) fn show(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // SAFETY: `self` owns a reference, which keeps the pool alive (type invariant).
+        let pool = unsafe { self.pool.as_ref() };
+        let ledger = pool.ledger();
+        let stats = ledger.stats();
+        writeln!(f, "sent_zerocopy: {}", stats.sent)?;
+        writeln!(f, "completed: {}", stats.completed)?;
+        writeln!(f, "completed_copied: {}", stats.copied)?;
+        writeln!(f, "expired: {}", stats.expired)?;
+        writeln!(f, "abandoned: {}", stats.abandoned)?;
+        writeln!(f, "in_flight: {}", pool.inflight())?;
+        writeln!(f, "in_flight_expired: {}", ledger.expired())?;
+        writeln!(f, "timeout_ms: {}", ledger.timeout / 1_000_000)
+    }
+}
+
+impl Drop for StatsRef {
+    fn drop(&mut self) {
+        // SAFETY: `self` owns one reference and is not used again.
+        unsafe { Pool::put(self.pool.as_ptr()) };
     }
 }
 
@@ -516,8 +687,18 @@ impl core::ops::Deref for PoolRef {
     }
 }
 
+impl PoolRef {
+    /// A further reference, for reading the counters.
+    pub(crate) fn stats_ref(&self) -> StatsRef {
+        self.refs.inc();
+        // INVARIANT: the reference just taken is the new object's.
+        StatsRef { pool: self.pool }
+    }
+}
+
 impl Drop for PoolRef {
     fn drop(&mut self) {
+        self.stop_timer();
         if !self.waker.xchg(core::ptr::null_mut(), Full).is_null() {
             // Completions that still found the virtqueue have left it before it goes.
             rcu::synchronize_rcu();

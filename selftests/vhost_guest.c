@@ -5,6 +5,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <net/if.h>
 #include <poll.h>
 #include <stdatomic.h>
@@ -204,6 +205,36 @@ int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint3
 	return r ? r : head;
 }
 
+/*
+ * As vg_post(), but through one descriptor pointing at an indirect table of @n entries
+ * (VIRTIO_RING_F_INDIRECT_DESC), allocated in guest memory.
+ */
+int vg_post_indirect(struct vg_guest *g, unsigned int idx, void *const *bufs,
+		     const uint32_t *lens, unsigned int n, bool writable)
+{
+	struct vg_vq *vq = &g->vq[idx];
+	struct vring_desc *table = vg_alloc(g, sizeof(*table) * n, 16);
+	uint16_t head = vq->next_desc % vq->num;
+	int r;
+
+	if (!table || n == 0)
+		return -ENOMEM;
+	for (unsigned int i = 0; i < n; i++) {
+		table[i].addr = vg_gpa(g, bufs[i]);
+		table[i].len = lens[i];
+		table[i].flags = (writable ? VRING_DESC_F_WRITE : 0) |
+				 (i + 1 < n ? VRING_DESC_F_NEXT : 0);
+		table[i].next = i + 1;
+	}
+	vq->desc[head].addr = vg_gpa(g, table);
+	vq->desc[head].len = sizeof(*table) * n;
+	vq->desc[head].flags = VRING_DESC_F_INDIRECT;
+	vq->desc[head].next = 0;
+	vq->next_desc = (head + 1) % vq->num;
+	r = vg_publish(g, idx, head);
+	return r ? r : head;
+}
+
 int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len)
 {
 	struct vg_vq *vq = &g->vq[idx];
@@ -216,6 +247,8 @@ int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len)
 	*id = e->id;
 	*len = e->len;
 	vq->last_used++;
+	/* used_event (VIRTIO_RING_F_EVENT_IDX): interrupt us for the next entry. */
+	__atomic_store_n(&vq->avail->ring[vq->num], vq->last_used, __ATOMIC_RELEASE);
 	return 1;
 }
 
@@ -296,4 +329,25 @@ int vg_link_up(const char *name)
 		r = -errno;
 	close(s);
 	return r;
+}
+
+long vg_zc_stat(const char *name)
+{
+	size_t n = strlen(name);
+	char line[128];
+	long value = -1;
+	glob_t paths;
+	FILE *f;
+
+	if (glob("/sys/kernel/debug/vhost-net-zc/*-*/stats", 0, NULL, &paths))
+		return -1;
+	f = paths.gl_pathc == 1 ? fopen(paths.gl_pathv[0], "r") : NULL;
+	globfree(&paths);
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (!strncmp(line, name, n) && line[n] == ':')
+			value = atol(line + n + 1);
+	fclose(f);
+	return value;
 }

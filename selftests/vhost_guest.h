@@ -66,7 +66,16 @@ int vg_setup(struct vg_guest *g, uint64_t features, unsigned int num);
 int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint32_t *lens,
 	    unsigned int n, bool writable);
 /* Reap one used element if there is one: 1 with *id and *len set, 0 if none. */
+int vg_post_indirect(struct vg_guest *g, unsigned int idx, void *const *bufs,
+		     const uint32_t *lens, unsigned int n, bool writable);
 int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len);
+
+/*
+ * Counter @name of the open /dev/vhost-net-zc device, from debugfs
+ * (vhost-net-zc/<tgid>-<n>/stats; the opener may be a parent of the caller, so the device
+ * must be the only one open); -1 if there is none.
+ */
+long vg_zc_stat(const char *name);
 /* Wait for the call eventfd; returns 1 if signalled, 0 on timeout, -errno on error. */
 int vg_wait_call(struct vg_guest *g, unsigned int idx, int timeout_ms);
 /* Wait for the error eventfd, the same way. */
