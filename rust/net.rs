@@ -127,13 +127,14 @@ impl Driver<NVQS> for NetState {
         }
     }
 
-    /// Before a reset or teardown: waits, killably and for at most the timeout, until the
-    /// network stack has released the TX buffers it holds. Whatever is still in flight then
-    /// is abandoned: its heads are not returned (the ring is about to go), and the pool,
-    /// with the module, stays until the stack releases them.
+    /// Before a reset or teardown: waits, killably and never past the last deadline of the
+    /// buffers in flight, until the network stack has released the TX buffers it holds.
+    /// Whatever is still in flight then is abandoned: its heads are not returned (the ring
+    /// is about to go), and the pool, with the module, stays until the stack releases them.
     fn stopped(dev: &VhostDev<Self, NVQS>) {
         let pool = &dev.data().tx;
-        let _ = pool.wait_idle(Some(crate::module_parameters::timeout_ms.value()));
+        let wait = pool.ledger().ms_to_last_deadline();
+        let _ = pool.wait_idle(Some(wait));
         let Ok(_vq) = dev.vq(TX as u32) else {
             return;
         };
@@ -644,12 +645,14 @@ impl VhostNetZc {
         Ok(0)
     }
 
-    /// After the TX backend changed: waits, killably and for at most the timeout, until the
-    /// network stack has released the buffers sent through the old one, and returns them to
-    /// the guest. Buffers still in flight then are returned when they complete.
+    /// After the TX backend changed: waits, killably and never past the last deadline of
+    /// the buffers in flight, until the network stack has released the buffers sent through
+    /// the old one, and returns them to the guest. Buffers still in flight then are returned
+    /// when they complete.
     fn settle_tx(&self) {
         let pool = &self.vhost.data().tx;
-        let _ = pool.wait_idle(Some(crate::module_parameters::timeout_ms.value()));
+        let wait = pool.ledger().ms_to_last_deadline();
+        let _ = pool.wait_idle(Some(wait));
         if let Ok(vq) = self.vhost.vq(TX as u32) {
             return_completed(&vq, pool, &mut pool.ledger());
         }

@@ -304,7 +304,7 @@ impl Pool {
     }
 
     /// Reserves a slot for the chain `head`, if `ledger.in_flight() < limit`. The caller
-    /// sends it with [`Slot::ubuf`] and reports the outcome with [`Pool::sent`] or
+    /// sends it with [`Pool::ubuf`] and reports the outcome with [`Pool::sent`] or
     /// [`Pool::cancel`].
     pub(crate) fn reserve(&self, ledger: &mut Ledger, head: u16, limit: usize) -> Option<Slot> {
         if ledger.in_flight() >= limit.min(MAX_PEND) {
@@ -596,6 +596,23 @@ impl Ledger {
     /// The counters.
     pub(crate) fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Milliseconds (rounded up) until the last deadline of the buffers in flight whose
+    /// head is still to be returned; 0 if there is none or every deadline has passed.
+    pub(crate) fn ms_to_last_deadline(&self) -> u32 {
+        let now = now();
+        let mut last = now;
+        for w in 0..WORDS {
+            let mut live = self.busy[w] & !self.stale[w];
+            while live != 0 {
+                let m = live & live.wrapping_neg();
+                live &= !m;
+                last = last.max(self.deadline[w * 64 + m.trailing_zeros() as usize]);
+            }
+        }
+        let ms = (last - now).saturating_add(999_999) / 1_000_000;
+        u32::try_from(ms).unwrap_or(u32::MAX)
     }
 
     /// Buffers in flight past their deadline (marked by [`Pool::mark_expired`]).
