@@ -29,3 +29,12 @@ const unsigned int VNZC_VHOST_NET_SET_BACKEND = VHOST_NET_SET_BACKEND;
 const unsigned int VNZC_VIRTIO_FEATURES_U64S = VIRTIO_FEATURES_U64S;
 const unsigned int VNZC_EPOLLIN = (__force unsigned int)EPOLLIN;
 const unsigned int VNZC_EPOLLOUT = (__force unsigned int)EPOLLOUT;
+
+/* The project's own UAPI: the ioctls a VMM may issue besides vhost-net's. */
+#include "../include/uapi/linux/vhost_net_zc.h"
+
+const unsigned int VNZC_SET_TIMEOUT = VHOST_NET_ZC_SET_TIMEOUT;
+const unsigned int VNZC_GET_TIMEOUT = VHOST_NET_ZC_GET_TIMEOUT;
+const unsigned int VNZC_SET_RECLAIM = VHOST_NET_ZC_SET_RECLAIM;
+const unsigned int VNZC_VM_RESET = VHOST_NET_ZC_VM_RESET;
+const unsigned int VNZC_GET_STATS = VHOST_NET_ZC_GET_STATS;

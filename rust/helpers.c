@@ -3,6 +3,12 @@
  * Out-of-line wrappers for the vhost core's static inlines and macros (see helpers.h).
  */
 
+#include <linux/fs.h>
+#include <linux/falloc.h>
+#include <linux/highmem.h>
+#include <linux/hugetlb.h>
+#include <linux/mm.h>
+#include <linux/mmap_lock.h>
 #include <linux/net.h>
 #include <linux/if_vlan.h>
 #include <linux/if_tap.h>
@@ -179,4 +185,81 @@ u64 vnzc_busy_clock(void)
 bool vnzc_can_busy_poll(u64 endtime)
 {
 	return !need_resched() && !signal_pending(current) && vnzc_busy_clock() <= endtime;
+}
+
+void vnzc_mmap_write_lock(struct mm_struct *mm)
+{
+	mmap_write_lock(mm);
+}
+
+void vnzc_mmap_write_unlock(struct mm_struct *mm)
+{
+	mmap_write_unlock(mm);
+}
+
+/* Makes page faults on @vma wait for the mmap lock, which the caller holds for write. */
+void vnzc_vma_start_write(struct vm_area_struct *vma)
+{
+	vma_start_write(vma);
+}
+
+/* The size of the pages mapping @vma: huge for hugetlb, the base size otherwise. */
+unsigned long vnzc_vma_pagesize(struct vm_area_struct *vma)
+{
+	return vma_kernel_pagesize(vma);
+}
+
+/*
+ * The page mapped at @addr in @mm, faulted in (for write if @write), with a reference; NULL
+ * and *@err on failure. The caller holds the mmap lock (for read or write); it is never
+ * dropped here, as no @locked is passed.
+ */
+struct page *vnzc_get_user_page_locked(struct mm_struct *mm, unsigned long addr, bool write,
+				       int *err)
+{
+	struct page *page;
+	long got;
+
+	got = get_user_pages_remote(mm, addr, 1, write ? FOLL_WRITE : 0, &page, NULL);
+	if (got == 1)
+		return page;
+	*err = got < 0 ? (int)got : -EFAULT;
+	return NULL;
+}
+
+void vnzc_put_page(struct page *page)
+{
+	put_page(page);
+}
+
+void vnzc_copy_page(struct page *to, struct page *from)
+{
+	copy_highpage(to, from);
+}
+
+void vnzc_clear_page(struct page *page)
+{
+	clear_highpage(page);
+}
+
+/* The file @vma maps, with a reference, or NULL for anonymous memory. */
+struct file *vnzc_vma_get_file(struct vm_area_struct *vma)
+{
+	return vma->vm_file ? get_file(vma->vm_file) : NULL;
+}
+
+/* Frees the backing of @len bytes at @offset of @file; later reads see zeros. */
+int vnzc_punch_hole(struct file *file, s64 offset, s64 len)
+{
+	return vfs_fallocate(file, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len);
+}
+
+bool vnzc_current_mm_is(struct mm_struct *mm)
+{
+	return current->mm == mm;
+}
+
+bool vnzc_current_exiting(void)
+{
+	return current->flags & PF_EXITING;
 }

@@ -13,6 +13,9 @@ struct socket;
 struct wait_queue_head;
 struct ptr_ring;
 struct file;
+struct mm_struct;
+struct vm_area_struct;
+struct page;
 
 void *vnzc_vq_get_backend(struct vhost_virtqueue *vq);
 void vnzc_vq_set_backend(struct vhost_virtqueue *vq, void *private_data);
@@ -35,5 +38,18 @@ void vnzc_ring_unconsume(struct ptr_ring *ring, void **batch, int n);
 int vnzc_ring_entry_len(void *ptr);
 u64 vnzc_busy_clock(void);
 bool vnzc_can_busy_poll(u64 endtime);
+void vnzc_mmap_write_lock(struct mm_struct *mm);
+void vnzc_mmap_write_unlock(struct mm_struct *mm);
+void vnzc_vma_start_write(struct vm_area_struct *vma);
+unsigned long vnzc_vma_pagesize(struct vm_area_struct *vma);
+struct page *vnzc_get_user_page_locked(struct mm_struct *mm, unsigned long addr, bool write,
+				       int *err);
+void vnzc_put_page(struct page *page);
+void vnzc_copy_page(struct page *to, struct page *from);
+void vnzc_clear_page(struct page *page);
+struct file *vnzc_vma_get_file(struct vm_area_struct *vma);
+int vnzc_punch_hole(struct file *file, s64 offset, s64 len);
+bool vnzc_current_mm_is(struct mm_struct *mm);
+bool vnzc_current_exiting(void);
 
 #endif /* _VNZC_HELPERS_H */

@@ -19,6 +19,7 @@ use kernel::{
         MiscDevice,
         MiscDeviceRegistration, //
     },
+    mm::MmWithUser,
     prelude::*,
     str::CString,
     sync::atomic::{
@@ -32,10 +33,16 @@ use kernel::{
 };
 
 use crate::{
+    offline::{
+        self,
+        Mode,
+        Range, //
+    },
     socket::Socket,
     uapi,
     vhost::{
         self,
+        DevGuard,
         Driver,
         Limits,
         RxGather,
@@ -43,10 +50,13 @@ use crate::{
         VqGuard, //
     },
     zerocopy::{
+        self,
         Ledger,
         Pool,
         PoolRef,
-        StatsRef, //
+        SlotSet,
+        StatsRef,
+        MAX_RANGES, //
     },
 };
 
@@ -127,15 +137,14 @@ impl Driver<NVQS> for NetState {
         }
     }
 
-    /// Before a reset or teardown: waits, killably and never past the last deadline of the
-    /// buffers in flight, until the network stack has released the TX buffers it holds.
-    /// Whatever is still in flight then is abandoned: its heads are not returned (the ring
-    /// is about to go), and the pool, with the module, stays until the stack releases them.
-    fn stopped(dev: &VhostDev<Self, NVQS>) {
-        let pool = &dev.data().tx;
-        let wait = pool.ledger().ms_to_last_deadline();
-        let _ = pool.wait_idle(Some(wait));
-        let Ok(_vq) = dev.vq(TX as u32) else {
+    /// Before an owner reset or teardown: settles the TX buffers in flight
+    /// ([`settle_tx`]); whatever is then still in flight is abandoned: its heads are not
+    /// returned (the ring is about to go), and the pool, with the module, stays until the
+    /// stack releases them.
+    fn stopped(dev: &DevGuard<'_, Self, NVQS>) {
+        settle_tx(dev);
+        let pool = &dev.device().data().tx;
+        let Ok(_vq) = dev.device().vq(TX as u32) else {
             return;
         };
         let mut ledger = pool.ledger();
@@ -150,6 +159,92 @@ impl Driver<NVQS> for NetState {
             vhost::debug(c"TX: zero-copy buffers abandoned at reset", abandoned, 0);
         }
     }
+}
+
+/// Settles the TX queue's zero-copy buffers at a reset (TX backend change, owner reset,
+/// close), with the device mutex held and the TX backend detached:
+/// - buffers in flight are waited for, killably and never past the last of their
+///   deadlines (none if the caller is exiting: its address space, the guest, is gone);
+/// - those the stack released meanwhile are returned;
+/// - those still in flight are then all expired: they are offlined in preserve mode and
+///   returned; those that cannot be (memory offlining cannot serve, see [`offline`]) stay
+///   in flight.
+///
+/// Heads are written to the used ring only if the caller runs in the owner's address space,
+/// where the ring is; otherwise the offlined buffers' heads are dropped like abandoned ones.
+fn settle_tx(dev: &DevGuard<'_, NetState, NVQS>) {
+    let pool = &dev.device().data().tx;
+    let start = zerocopy::now();
+    let exiting = vhost::caller_exiting();
+    if !exiting {
+        let wait = pool.ledger().ms_to_last_deadline();
+        let _ = pool.wait_idle(Some(wait));
+    }
+    let Ok(vq) = dev.device().vq(TX as u32) else {
+        return;
+    };
+    let ring = dev.caller_is_owner_mm().then_some(&vq);
+    let mut ledger = pool.ledger();
+    if let Some(vq) = ring {
+        return_completed(vq, pool, &mut ledger);
+    }
+    pool.mark_expired(&mut ledger);
+    let victims = pool.victims(&ledger, false);
+    if !exiting && !victims.is_empty() {
+        if let Some(mm) = dev.owner_mm() {
+            offline_and_return(ring, &mut ledger, &mm, &victims, Mode::Preserve);
+        }
+    }
+    ledger.record_reset_wait(zerocopy::now() - start);
+}
+
+/// Offlines the buffers `victims` in `mode` and, if `vq` is given, returns their heads.
+/// Returns how many could not be offlined (they stay in flight).
+fn offline_and_return(
+    vq: Option<&NetVq<'_>>,
+    ledger: &mut Ledger,
+    mm: &MmWithUser,
+    victims: &SlotSet,
+    mode: Mode,
+) -> usize {
+    let mut heads = [0u16; zerocopy::MAX_PEND];
+    let (mut n, mut refused) = (0, 0);
+    let mut last_err = None;
+    for index in victims.iter() {
+        match offline::offline(mm, ledger.ranges(index), mode) {
+            Ok(pages) => {
+                heads[n] = ledger.offlined(index, pages);
+                vhost::debug(
+                    c"TX: offlined a zero-copy buffer (head, pages)",
+                    heads[n],
+                    pages,
+                );
+                n += 1;
+            }
+            Err(e) => {
+                ledger.refused(index);
+                last_err = Some(e);
+                refused += 1;
+            }
+        }
+    }
+    if let Some(e) = last_err {
+        pr_warn!(
+            "{} zero-copy TX buffers could not be offlined ({}: {:?}); they stay with the network stack\n",
+            refused,
+            match mode {
+                Mode::Preserve => "preserve mode",
+                Mode::Discard => "discard mode",
+            },
+            e
+        );
+    }
+    if let Some(vq) = vq {
+        if n != 0 {
+            vq.add_used_heads_and_signal(&heads[..n]);
+        }
+    }
+    refused
 }
 
 /// Busy polling (`VHOST_SET_VRING_BUSYLOOP_TIMEOUT`), as vhost-net does it: the handler of
@@ -361,6 +456,12 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             ledger.expired(),
         );
     }
+    if ledger.reclaim() && ledger.expired() != 0 {
+        if let Some(mm) = dev.worker_mm() {
+            let victims = pool.victims(&ledger, false);
+            offline_and_return(Some(vq), &mut ledger, &mm, &victims, Mode::Preserve);
+        }
+    }
     let Some(sock) = begin(vq) else {
         return;
     };
@@ -410,9 +511,11 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             break;
         };
         let slot = if zerocopy && payload >= threshold && ledger.worth_zerocopy() {
-            u16::try_from(chain.head)
-                .ok()
-                .and_then(|head| pool.reserve(&mut ledger, head, limit))
+            let mut ranges = [Range::default(); MAX_RANGES];
+            let n = buffer_ranges(iov, hdr, &mut ranges);
+            u16::try_from(chain.head).ok().and_then(|head| {
+                n.and_then(|n| pool.reserve(&mut ledger, head, limit, &ranges[..n]))
+            })
         } else {
             None
         };
@@ -445,7 +548,10 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
                 }
                 match slot {
                     Some(slot) => pool.sent(&mut ledger, slot),
-                    None => vq.add_used_and_signal(&chain, 0),
+                    None => {
+                        ledger.count_copy();
+                        vq.add_used_and_signal(&chain, 0);
+                    }
                 }
             }
         }
@@ -457,6 +563,31 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     }
     // Completions that came while sending (the socket may complete at once).
     return_completed(vq, pool, &mut ledger);
+}
+
+/// The address ranges of the buffer `iov` past its first `skip` bytes (the header vhost
+/// consumes), into `out`; `None` if there are more than `out` holds.
+fn buffer_ranges(
+    iov: &[kernel::bindings::iovec],
+    mut skip: usize,
+    out: &mut [Range; MAX_RANGES],
+) -> Option<usize> {
+    let mut n = 0;
+    for v in iov {
+        let len = v.iov_len;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let slot = out.get_mut(n)?;
+        *slot = Range {
+            addr: (v.iov_base as usize).wrapping_add(skip),
+            len: len - skip,
+        };
+        skip = 0;
+        n += 1;
+    }
+    Some(n)
 }
 
 /// The state of one open `/dev/vhost-net-zc` file.
@@ -637,7 +768,7 @@ impl VhostNetZc {
             // No handler may still be using the old socket when it is released.
             dev.flush();
             if backend.index == TX as u32 {
-                self.settle_tx();
+                settle_tx(&dev);
             }
         }
         drop(dev);
@@ -645,17 +776,103 @@ impl VhostNetZc {
         Ok(0)
     }
 
-    /// After the TX backend changed: waits, killably and never past the last deadline of
-    /// the buffers in flight, until the network stack has released the buffers sent through
-    /// the old one, and returns them to the guest. Buffers still in flight then are returned
-    /// when they complete.
-    fn settle_tx(&self) {
-        let pool = &self.vhost.data().tx;
-        let wait = pool.ledger().ms_to_last_deadline();
-        let _ = pool.wait_idle(Some(wait));
-        if let Ok(vq) = self.vhost.vq(TX as u32) {
-            return_completed(&vq, pool, &mut pool.ledger());
+    /// `VHOST_NET_ZC_SET_TIMEOUT`.
+    ///
+    /// # Errors
+    ///
+    /// `EFAULT` if the argument cannot be read, `EINVAL` if it is out of range.
+    fn set_timeout(&self, arg: UserPtr) -> Result<isize> {
+        let ms: u32 = UserSlice::new(arg, size_of::<u32>()).reader().read()?;
+        if !crate::TIMEOUT_MS_RANGE.contains(&ms) {
+            return Err(EINVAL);
         }
+        self.vhost.data().tx.ledger().set_timeout_ms(ms);
+        Ok(0)
+    }
+
+    /// `VHOST_NET_ZC_SET_RECLAIM`.
+    ///
+    /// # Errors
+    ///
+    /// `EFAULT` if the argument cannot be read, `EINVAL` if it is neither 0 nor 1.
+    fn set_reclaim(&self, arg: UserPtr) -> Result<isize> {
+        let on: u32 = UserSlice::new(arg, size_of::<u32>()).reader().read()?;
+        let on = match on {
+            0 => false,
+            1 => true,
+            _ => return Err(EINVAL),
+        };
+        let pool = &self.vhost.data().tx;
+        pool.ledger().set_reclaim(on);
+        if on {
+            // Buffers that expired already are reclaimed by the handler.
+            if let Ok(vq) = self.vhost.vq(TX as u32) {
+                vq.queue();
+            }
+        }
+        Ok(0)
+    }
+
+    /// `VHOST_NET_ZC_VM_RESET`: every buffer in flight is offlined in discard mode and
+    /// returned.
+    ///
+    /// # Errors
+    ///
+    /// - `EFAULT`: the argument cannot be read; `EINVAL`: an unknown flag;
+    /// - `EPERM`: the caller is not the owner;
+    /// - `EOPNOTSUPP`: some buffer could not be offlined (it stays in flight).
+    fn vm_reset(&self, arg: UserPtr) -> Result<isize> {
+        let flags: u32 = UserSlice::new(arg, size_of::<u32>()).reader().read()?;
+        if flags != 0 {
+            return Err(EINVAL);
+        }
+        let dev = self.vhost.lock();
+        dev.check_owner()?;
+        let Some(mm) = dev.owner_mm() else {
+            return Ok(0);
+        };
+        let start = zerocopy::now();
+        let vq = self.vhost.vq(TX as u32)?;
+        let pool = &self.vhost.data().tx;
+        let mut ledger = pool.ledger();
+        return_completed(&vq, pool, &mut ledger);
+        let victims = pool.victims(&ledger, true);
+        let refused = offline_and_return(Some(&vq), &mut ledger, &mm, &victims, Mode::Discard);
+        ledger.record_reset_wait(zerocopy::now() - start);
+        if refused != 0 {
+            return Err(EOPNOTSUPP);
+        }
+        Ok(0)
+    }
+
+    /// `VHOST_NET_ZC_GET_STATS`.
+    fn get_stats(&self, arg: UserPtr) -> Result<isize> {
+        let pool = &self.vhost.data().tx;
+        let ledger = pool.ledger();
+        let s = ledger.stats();
+        let out = uapi::Stats(crate::ffi::bindings::vhost_net_zc_stats {
+            sent_zerocopy: s.sent,
+            sent_copy: s.sent_copy,
+            completed: s.completed,
+            completed_copied: s.copied,
+            expired: s.expired,
+            offlined: s.offlined,
+            offlined_pages: s.offlined_pages,
+            held_pages: pool.held_pages(&ledger),
+            offline_refused: s.offline_refused,
+            abandoned: s.abandoned,
+            in_flight: pool.inflight() as u64,
+            in_flight_expired: ledger.expired() as u64,
+            last_reset_wait_ns: s.last_reset_wait,
+            max_reset_wait_ns: s.max_reset_wait,
+            timeout_ms: ledger.timeout_ms(),
+            reclaim: u32::from(ledger.reclaim()),
+        });
+        drop(ledger);
+        UserSlice::new(arg, size_of::<uapi::Stats>())
+            .writer()
+            .write(&out)?;
+        Ok(0)
     }
 
     /// Writes one `u64` to the ioctl argument.
@@ -694,6 +911,15 @@ impl MiscDevice for VhostNetZc {
             uapi::VHOST_SET_BACKEND_FEATURES => Self::set_backend_features(arg),
             uapi::VHOST_RESET_OWNER => me.reset_owner(),
             uapi::VHOST_SET_OWNER => me.set_owner(),
+            uapi::VHOST_NET_ZC_SET_TIMEOUT => me.set_timeout(arg),
+            uapi::VHOST_NET_ZC_GET_TIMEOUT => {
+                let ms = me.vhost.data().tx.ledger().timeout_ms();
+                UserSlice::new(arg, size_of::<u32>()).writer().write(&ms)?;
+                Ok(0)
+            }
+            uapi::VHOST_NET_ZC_SET_RECLAIM => me.set_reclaim(arg),
+            uapi::VHOST_NET_ZC_VM_RESET => me.vm_reset(arg),
+            uapi::VHOST_NET_ZC_GET_STATS => me.get_stats(arg),
             _ => me.vhost.lock().generic_ioctl(cmd, arg),
         }
     }

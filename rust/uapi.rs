@@ -29,6 +29,27 @@ pub(crate) const VHOST_RESET_OWNER: u32 = b::VNZC_VHOST_RESET_OWNER;
 /// `VHOST_NET_SET_BACKEND`: attach a tap/macvtap socket to a virtqueue, or detach (-1).
 pub(crate) const VHOST_NET_SET_BACKEND: u32 = b::VNZC_VHOST_NET_SET_BACKEND;
 
+/// `VHOST_NET_ZC_SET_TIMEOUT`: the deadline of zero-copy buffers sent from now on (ms).
+pub(crate) const VHOST_NET_ZC_SET_TIMEOUT: u32 = b::VNZC_SET_TIMEOUT;
+/// `VHOST_NET_ZC_GET_TIMEOUT`: read it.
+pub(crate) const VHOST_NET_ZC_GET_TIMEOUT: u32 = b::VNZC_GET_TIMEOUT;
+/// `VHOST_NET_ZC_SET_RECLAIM`: offline and return expired buffers at once (1) or at a
+/// reset only (0).
+pub(crate) const VHOST_NET_ZC_SET_RECLAIM: u32 = b::VNZC_SET_RECLAIM;
+/// `VHOST_NET_ZC_VM_RESET`: offline every buffer in flight in discard mode, and return it.
+pub(crate) const VHOST_NET_ZC_VM_RESET: u32 = b::VNZC_VM_RESET;
+/// `VHOST_NET_ZC_GET_STATS`: read the counters (`struct vhost_net_zc_stats`).
+pub(crate) const VHOST_NET_ZC_GET_STATS: u32 = b::VNZC_GET_STATS;
+
+/// `struct vhost_net_zc_stats` (`include/uapi/linux/vhost_net_zc.h`), as written to user
+/// space.
+#[repr(transparent)]
+pub(crate) struct Stats(pub(crate) b::vhost_net_zc_stats);
+
+// SAFETY: `vhost_net_zc_stats` is fourteen `__u64` followed by two `__u32`: no padding, so
+// every byte is initialised.
+unsafe impl kernel::transmute::AsBytes for Stats {}
+
 /// Feature bit: vhost, not the backend, handles the virtio-net header.
 pub(crate) const VHOST_NET_F_VIRTIO_NET_HDR: u32 = b::VHOST_NET_F_VIRTIO_NET_HDR;
 

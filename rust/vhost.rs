@@ -30,8 +30,13 @@ use kernel::{
     error::to_result,
     ffi,
     fs::File,
+    mm::{
+        Mm,
+        MmWithUser, //
+    },
     prelude::*,
     sync::{
+        aref::ARef,
         lock::{
             mutex::MutexBackend,
             Guard, //
@@ -75,8 +80,8 @@ pub(crate) trait Driver<const N: usize>: Send + Sync + Sized {
 
     /// Called when every backend has been detached and the worker flushed, before the
     /// rings are reset (`VHOST_RESET_OWNER`) or the device is torn down: the driver settles
-    /// the work it still has in flight. The device mutex is held.
-    fn stopped(dev: &VhostDev<Self, N>);
+    /// the work it still has in flight.
+    fn stopped(dev: &DevGuard<'_, Self, N>);
 }
 
 /// Queues a virtqueue's handler on the device's worker, from any context.
@@ -145,6 +150,13 @@ pub(crate) enum RxGather {
     Empty,
     /// The packet is larger than the buffers the quota allows; nothing was taken.
     Overrun,
+}
+
+/// Whether the calling task is exiting (its files are being closed after its address space
+/// was released).
+pub(crate) fn caller_exiting() -> bool {
+    // SAFETY: Reads the current task's flags; no precondition.
+    unsafe { bindings::vnzc_current_exiting() }
 }
 
 /// A debug line about something a guest or the network did, through dynamic debug (off
@@ -317,6 +329,20 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
         self.dev.get()
     }
 
+    /// The owner's address space, with a user reference, for a handler on the device's
+    /// worker (which runs in that address space): the owner, and with it `mm`, cannot
+    /// change while the worker runs, since both are replaced only after it is stopped.
+    pub(crate) fn worker_mm(&self) -> Option<ARef<MmWithUser>> {
+        // SAFETY: The device is initialised; see above for why `mm` is stable here.
+        let mm = unsafe { (*self.raw()).mm };
+        if mm.is_null() {
+            return None;
+        }
+        // SAFETY: While set, `mm` holds the reference the vhost core took when the owner was
+        // set, which outlives the worker.
+        unsafe { Mm::from_raw(mm) }.mmget_not_zero()
+    }
+
     /// The driver's state.
     pub(crate) fn data(&self) -> &D {
         &self.data
@@ -408,7 +434,7 @@ impl<D: Driver<N>, const N: usize> Drop for VhostDev<D, N> {
         {
             let dev = self.lock();
             dev.flush();
-            D::stopped(self);
+            D::stopped(&dev);
         }
         // SAFETY: The device was initialised (type invariant) and is torn down exactly once,
         // here, after its backends were detached: `vhost_dev_stop()` stops the kick polls and
@@ -439,7 +465,34 @@ pub(crate) struct DevGuard<'a, D: Driver<N>, const N: usize> {
     _guard: Guard<'a, (), MutexBackend>,
 }
 
-impl<D: Driver<N>, const N: usize> DevGuard<'_, D, N> {
+impl<'a, D: Driver<N>, const N: usize> DevGuard<'a, D, N> {
+    /// The device.
+    pub(crate) fn device(&self) -> &'a VhostDev<D, N> {
+        self.dev
+    }
+
+    /// The owner's address space, with a user reference, if there is an owner and its
+    /// address space is still alive.
+    pub(crate) fn owner_mm(&self) -> Option<ARef<MmWithUser>> {
+        // SAFETY: The device is initialised and its mutex, which guards `mm`, is held.
+        let mm = unsafe { (*self.dev.raw()).mm };
+        if mm.is_null() {
+            return None;
+        }
+        // SAFETY: While set, `mm` holds a reference the vhost core took when the owner was
+        // set (`vhost_attach_mm()`), dropped only under the device mutex, which is held.
+        unsafe { Mm::from_raw(mm) }.mmget_not_zero()
+    }
+
+    /// Whether the calling task runs in the owner's address space, so that the rings (user
+    /// memory of the owner) can be accessed.
+    pub(crate) fn caller_is_owner_mm(&self) -> bool {
+        // SAFETY: The device is initialised and its mutex, which guards `mm`, is held.
+        let mm = unsafe { (*self.dev.raw()).mm };
+        // SAFETY: Only compares pointers.
+        !mm.is_null() && unsafe { bindings::vnzc_current_mm_is(mm) }
+    }
+
     /// Whether an owner (`VHOST_SET_OWNER`) is set.
     pub(crate) fn has_owner(&self) -> bool {
         // SAFETY: The device is initialised and its mutex is held.
@@ -483,7 +536,7 @@ impl<D: Driver<N>, const N: usize> DevGuard<'_, D, N> {
         }
         let backends = self.dev.take_backends();
         self.flush();
-        D::stopped(self.dev);
+        D::stopped(self);
         // SAFETY: The device is initialised and its mutex held; `umem` is a fresh IOTLB whose
         // ownership passes to the device. The backends are detached, so resetting the
         // virtqueues (which clears their `private_data`) keeps the backend invariant.

@@ -15,12 +15,16 @@
 //! - [`uapi`]: the ioctl numbers and feature bits;
 //! - [`vhost`]: safe abstractions over the vhost core (device, virtqueues, locks);
 //! - [`socket`]: the tap, macvtap and packet sockets virtqueues are attached to;
+//! - [`zerocopy`]: the zero-copy TX buffers in flight, their completions and deadlines;
+//! - [`mm`], [`offline`]: offlining the guest pages of expired buffers;
 //! - [`net`]: the misc device, its ioctls and the datapath.
 //!
 //! See `Documentation/vhost-net-zc.rst` for the administrator's view.
 
 mod ffi;
+mod mm;
 mod net;
+mod offline;
 mod socket;
 mod uapi;
 mod vhost;
@@ -61,7 +65,7 @@ module! {
 /// than the copy; a buffer above 64 KiB does not exist in virtio-net.
 const COPY_THRESHOLD_RANGE: core::ops::RangeInclusive<u32> = 64..=65536;
 /// Accepted range of `timeout_ms`: at least 1 ms, at most 10 minutes.
-const TIMEOUT_MS_RANGE: core::ops::RangeInclusive<u32> = 1..=600_000;
+pub(crate) const TIMEOUT_MS_RANGE: core::ops::RangeInclusive<u32> = 1..=600_000;
 
 kernel::sync::global_lock! {
     // SAFETY: Initialised by the module's `init`, before the device is registered.

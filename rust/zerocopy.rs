@@ -55,11 +55,17 @@ use kernel::{
 
 use crate::{
     ffi::bindings,
+    offline::Range,
     vhost::Waker, //
 };
 
 /// Most zero-copy buffers one virtqueue has in flight, as stock vhost-net's `VHOST_MAX_PEND`.
 pub(crate) const MAX_PEND: usize = 128;
+
+/// Most address ranges a buffer sent zero-copy may have: tap and macvtap send zero-copy
+/// at most `MAX_SKB_FRAGS` pages (17 by default) past a linear part they copy; a chain
+/// with more ranges is sent by copy.
+pub(crate) const MAX_RANGES: usize = 20;
 
 /// Words of a slot bitmap.
 const WORDS: usize = MAX_PEND / 64;
@@ -68,7 +74,7 @@ const WORDS: usize = MAX_PEND / 64;
 const TIMER_SLACK_NS: u64 = 100_000;
 
 /// `CLOCK_MONOTONIC` now, in ns.
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     // SAFETY: Reads the clock; no precondition.
     unsafe { kb::ktime_get() }
 }
@@ -137,6 +143,19 @@ pub(crate) struct Stats {
     pub(crate) abandoned: u64,
     /// Buffers found in flight past their deadline.
     pub(crate) expired: u64,
+    /// Buffers sent by copy.
+    pub(crate) sent_copy: u64,
+    /// Buffers whose pages were offlined (and whose heads were returned, if the ring could
+    /// be reached).
+    pub(crate) offlined: u64,
+    /// Base pages offlined.
+    pub(crate) offlined_pages: u64,
+    /// Buffers that could not be offlined.
+    pub(crate) offline_refused: u64,
+    /// Time the last reset spent on zero-copy buffers, in ns.
+    pub(crate) last_reset_wait: u64,
+    /// The longest such time, in ns.
+    pub(crate) max_reset_wait: u64,
 }
 
 /// The owner's side of a [`Pool`], under the pool's mutex (taken with the virtqueue mutex
@@ -152,6 +171,14 @@ pub(crate) struct Ledger {
     deadline: [i64; MAX_PEND],
     /// Bit `i` set: slot `i` was found in flight past its deadline.
     expired: [u64; WORDS],
+    /// The address ranges of each busy slot's buffer: `MAX_RANGES` per slot, the first
+    /// `nranges[i]` of slot `i` used.
+    ranges: KVec<Range>,
+    nranges: [u8; MAX_PEND],
+    /// Pages offlined from each busy slot's buffer, until its skb is freed.
+    held: [u32; MAX_PEND],
+    /// Expired buffers are offlined and returned at once, not only at a reset.
+    reclaim: bool,
     /// The deadline `timer` is armed for, `i64::MAX` if it is not.
     armed: i64,
     /// How long a buffer may stay in flight before it expires, in ns.
@@ -228,6 +255,7 @@ impl Pool {
     ///
     /// `ENOMEM`.
     pub(crate) fn create(timeout_ms: u32) -> Result<PoolRef> {
+        let ranges = KVec::from_elem(Range::default(), MAX_PEND * MAX_RANGES, GFP_KERNEL)?;
         let pool = KBox::pin_init(
             pin_init!(Pool {
                 ubufs: [const { Opaque::zeroed() }; MAX_PEND],
@@ -266,6 +294,10 @@ impl Pool {
                     heads: [0; MAX_PEND],
                     deadline: [0; MAX_PEND],
                     expired: [0; WORDS],
+                    ranges,
+                    nranges: [0; MAX_PEND],
+                    held: [0; MAX_PEND],
+                    reclaim: false,
                     armed: i64::MAX,
                     timeout: i64::from(timeout_ms) * 1_000_000,
                     stats: Stats::default(),
@@ -303,11 +335,18 @@ impl Pool {
         self.waker.store(waker.as_ptr(), Release);
     }
 
-    /// Reserves a slot for the chain `head`, if `ledger.in_flight() < limit`. The caller
-    /// sends it with [`Pool::ubuf`] and reports the outcome with [`Pool::sent`] or
-    /// [`Pool::cancel`].
-    pub(crate) fn reserve(&self, ledger: &mut Ledger, head: u16, limit: usize) -> Option<Slot> {
-        if ledger.in_flight() >= limit.min(MAX_PEND) {
+    /// Reserves a slot for the chain `head`, whose buffer is `ranges` of the owner's
+    /// address space, if fewer than `limit` heads are held in flight and the buffer has at
+    /// most [`MAX_RANGES`] ranges. The caller sends it with [`Pool::ubuf`] and reports the
+    /// outcome with [`Pool::sent`] or [`Pool::cancel`].
+    pub(crate) fn reserve(
+        &self,
+        ledger: &mut Ledger,
+        head: u16,
+        limit: usize,
+        ranges: &[Range],
+    ) -> Option<Slot> {
+        if ledger.holding() >= limit || ranges.len() > MAX_RANGES {
             return None;
         }
         let index = (0..MAX_PEND).find(|&i| {
@@ -319,6 +358,9 @@ impl Pool {
         ledger.stale[w] &= !m;
         ledger.expired[w] &= !m;
         ledger.heads[index] = head;
+        ledger.ranges[index * MAX_RANGES..][..ranges.len()].copy_from_slice(ranges);
+        ledger.nranges[index] = ranges.len() as u8;
+        ledger.held[index] = 0;
         let deadline = now().saturating_add(ledger.timeout);
         ledger.deadline[index] = deadline;
         self.arm(ledger, deadline);
@@ -458,6 +500,8 @@ impl Pool {
                 ledger.stale[w] &= !m;
                 ledger.expired[w] &= !m;
                 ledger.stats.completed += 1;
+                let index = w * 64 + m.trailing_zeros() as usize;
+                ledger.held[index] = 0;
                 if copied {
                     ledger.stats.copied += 1;
                     ledger.window.1 = ledger.window.1.saturating_add(1);
@@ -465,7 +509,6 @@ impl Pool {
                 if stale {
                     continue;
                 }
-                let index = w * 64 + m.trailing_zeros() as usize;
                 heads[n] = ledger.heads[index];
                 n += 1;
             }
@@ -523,6 +566,31 @@ impl Pool {
         newly
     }
 
+    /// The buffers still in flight whose heads are still to be returned: those marked
+    /// expired, or all of them if `all`.
+    pub(crate) fn victims(&self, ledger: &Ledger, all: bool) -> SlotSet {
+        let mut set = SlotSet([0; WORDS]);
+        for (w, word) in set.0.iter_mut().enumerate() {
+            let pick = if all { !0 } else { ledger.expired[w] };
+            *word = ledger.busy[w] & !ledger.stale[w] & !self.done[w].load(Acquire) & pick;
+        }
+        set
+    }
+
+    /// Offlined pages whose skbs the network stack still holds.
+    pub(crate) fn held_pages(&self, ledger: &Ledger) -> u64 {
+        let mut held = 0;
+        for w in 0..WORDS {
+            let mut out = ledger.busy[w] & !self.done[w].load(Acquire);
+            while out != 0 {
+                let m = out & out.wrapping_neg();
+                out &= !m;
+                held += u64::from(ledger.held[w * 64 + m.trailing_zeros() as usize]);
+            }
+        }
+        held
+    }
+
     /// The timer's callback: queues the handler, which marks what expired.
     ///
     /// # Safety
@@ -574,10 +642,90 @@ impl Pool {
     }
 }
 
+/// A set of slots, from [`Pool::victims`].
+pub(crate) struct SlotSet([u64; WORDS]);
+
+impl SlotSet {
+    /// The slots' indices, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..MAX_PEND).filter(|&i| {
+            let (w, m) = bit(i);
+            self.0[w] & m != 0
+        })
+    }
+
+    /// Whether the set is empty.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.iter().all(|&w| w == 0)
+    }
+}
+
 impl Ledger {
-    /// Reserved slots: sent and not yet reaped.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.busy.iter().map(|w| w.count_ones() as usize).sum()
+    /// Reserved slots whose heads the guest has not had back: what counts against the
+    /// limit of buffers in flight (an offlined buffer's head is the guest's again).
+    fn holding(&self) -> usize {
+        self.busy
+            .iter()
+            .zip(&self.stale)
+            .map(|(b, s)| (b & !s).count_ones() as usize)
+            .sum()
+    }
+
+    /// The address ranges of slot `index`'s buffer.
+    pub(crate) fn ranges(&self, index: usize) -> &[Range] {
+        let n = usize::from(self.nranges.get(index).copied().unwrap_or(0));
+        self.ranges
+            .get(index * MAX_RANGES..index * MAX_RANGES + n)
+            .unwrap_or(&[])
+    }
+
+    /// Slot `index`'s pages were offlined: its head, returned, is the guest's again, and its
+    /// completion is absorbed when it comes. Returns the head.
+    pub(crate) fn offlined(&mut self, index: usize, pages: usize) -> u16 {
+        let (w, m) = bit(index);
+        self.stale[w] |= m;
+        let pages = u32::try_from(pages).unwrap_or(u32::MAX);
+        self.held[index] = pages;
+        self.stats.offlined += 1;
+        self.stats.offlined_pages += u64::from(pages);
+        self.heads[index]
+    }
+
+    /// Slot `index` could not be offlined; it stays in flight.
+    pub(crate) fn refused(&mut self, _index: usize) {
+        self.stats.offline_refused += 1;
+    }
+
+    /// Counts a buffer sent by copy.
+    pub(crate) fn count_copy(&mut self) {
+        self.stats.sent_copy += 1;
+    }
+
+    /// Records the time a reset spent on zero-copy buffers.
+    pub(crate) fn record_reset_wait(&mut self, ns: i64) {
+        let ns = u64::try_from(ns).unwrap_or(0);
+        self.stats.last_reset_wait = ns;
+        self.stats.max_reset_wait = self.stats.max_reset_wait.max(ns);
+    }
+
+    /// The deadline of buffers sent from now on, in ms.
+    pub(crate) fn timeout_ms(&self) -> u32 {
+        u32::try_from(self.timeout / 1_000_000).unwrap_or(u32::MAX)
+    }
+
+    /// Sets the deadline of buffers sent from now on.
+    pub(crate) fn set_timeout_ms(&mut self, ms: u32) {
+        self.timeout = i64::from(ms) * 1_000_000;
+    }
+
+    /// Whether expired buffers are offlined and returned at once.
+    pub(crate) fn reclaim(&self) -> bool {
+        self.reclaim
+    }
+
+    /// Sets reclaim on expiry.
+    pub(crate) fn set_reclaim(&mut self, on: bool) {
+        self.reclaim = on;
     }
 
     /// Marks every reserved slot stale: the ring they came from was reset, so their heads
@@ -670,7 +818,15 @@ impl StatsRef {
         writeln!(f, "abandoned: {}", stats.abandoned)?;
         writeln!(f, "in_flight: {}", pool.inflight())?;
         writeln!(f, "in_flight_expired: {}", ledger.expired())?;
-        writeln!(f, "timeout_ms: {}", ledger.timeout / 1_000_000)
+        writeln!(f, "sent_copy: {}", stats.sent_copy)?;
+        writeln!(f, "offlined: {}", stats.offlined)?;
+        writeln!(f, "offlined_pages: {}", stats.offlined_pages)?;
+        writeln!(f, "held_pages: {}", pool.held_pages(&ledger))?;
+        writeln!(f, "offline_refused: {}", stats.offline_refused)?;
+        writeln!(f, "last_reset_wait_ns: {}", stats.last_reset_wait)?;
+        writeln!(f, "max_reset_wait_ns: {}", stats.max_reset_wait)?;
+        writeln!(f, "reclaim: {}", u8::from(ledger.reclaim))?;
+        writeln!(f, "timeout_ms: {}", ledger.timeout_ms())
     }
 }
 

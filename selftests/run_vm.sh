@@ -205,6 +205,12 @@ if [ -x "$VNT" ]; then
 	ktap "# zero copy on: vhost_net_test on vhost-net-zc (zcopy_tx=1): exit $? (124: blocked, as above)"
 fi
 
+# Deadlines and offlining; its comparison test needs stock vhost_net with zero copy on.
+rmmod vhost_net && kmod_load vhost_net experimental_zcopytx=1 ||
+	ktap "# could not reload vhost_net with experimental_zcopytx=1"
+run_harness "$TESTS/vnzc_offline"
+rmmod vhost_net && kmod_load vhost_net
+
 run_case unload t_unload
 run_case reload_cycles t_reload_cycles
 if [ "${VNZC_INJECT_FAILURE:-0}" = 1 ]; then

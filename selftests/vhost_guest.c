@@ -28,14 +28,35 @@ static int vg_ioctl(int fd, unsigned long req, void *arg)
 
 int vg_open(struct vg_guest *g, const char *dev, size_t mem_size)
 {
+	return vg_open_mem(g, dev, mem_size, false);
+}
+
+int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, bool shared)
+{
+	int memfd = -1;
+
 	memset(g, 0, sizeof(*g));
 	for (int i = 0; i < VG_NVQS; i++)
 		g->vq[i].kick_fd = g->vq[i].call_fd = g->vq[i].err_fd = -1;
 	g->fd = open(dev, O_RDWR | O_CLOEXEC);
 	if (g->fd < 0)
 		return -errno;
-	g->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		      -1, 0);
+	if (shared) {
+		memfd = memfd_create("vg-guest-memory", MFD_CLOEXEC);
+		if (memfd < 0 || ftruncate(memfd, mem_size) < 0) {
+			int e = -errno;
+
+			if (memfd >= 0)
+				close(memfd);
+			close(g->fd);
+			g->fd = -1;
+			return e;
+		}
+	}
+	g->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE,
+		      shared ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS, memfd, 0);
+	if (memfd >= 0)
+		close(memfd);
 	if (g->mem == MAP_FAILED) {
 		int e = -errno;
 
@@ -294,6 +315,24 @@ int vg_publish(struct vg_guest *g, unsigned int idx, uint16_t head)
 
 int vg_tap_open(char *name, size_t name_len)
 {
+	int fd = vg_tap_attach(NULL);
+	struct ifreq ifr;
+
+	if (fd < 0)
+		return fd;
+	memset(&ifr, 0, sizeof(ifr));
+	if (ioctl(fd, TUNGETIFF, &ifr) < 0) {
+		int e = -errno;
+
+		close(fd);
+		return e;
+	}
+	snprintf(name, name_len, "%s", ifr.ifr_name);
+	return fd;
+}
+
+int vg_tap_attach(const char *name)
+{
 	struct ifreq ifr;
 	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
 	int hdr = sizeof(struct virtio_net_hdr_mrg_rxbuf);
@@ -301,6 +340,8 @@ int vg_tap_open(char *name, size_t name_len)
 	if (fd < 0)
 		return -errno;
 	memset(&ifr, 0, sizeof(ifr));
+	if (name)
+		snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
 	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
 	if (ioctl(fd, TUNSETIFF, &ifr) < 0 || ioctl(fd, TUNSETVNETHDRSZ, &hdr) < 0) {
 		int e = -errno;
@@ -308,7 +349,6 @@ int vg_tap_open(char *name, size_t name_len)
 		close(fd);
 		return e;
 	}
-	snprintf(name, name_len, "%s", ifr.ifr_name);
 	return fd;
 }
 

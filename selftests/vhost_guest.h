@@ -46,6 +46,8 @@ struct vg_guest {
 
 /* Open @dev and map @mem_size bytes of guest memory. Returns 0 or -errno. */
 int vg_open(struct vg_guest *g, const char *dev, size_t mem_size);
+/* The same with guest memory in a memfd mapped shared (QEMU's share=on) if @shared. */
+int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, bool shared);
 void vg_close(struct vg_guest *g);
 
 /* Bump-allocate guest memory. Returns NULL when the region is exhausted. */
@@ -85,6 +87,8 @@ int vg_publish(struct vg_guest *g, unsigned int idx, uint16_t head);
 
 /* A tap device with IFF_VNET_HDR; returns its fd and writes its name, or -errno. */
 int vg_tap_open(char *name, size_t name_len);
+/* The tap device @name (created if it does not exist) with IFF_VNET_HDR: fd or -errno. */
+int vg_tap_attach(const char *name);
 int vg_link_up(const char *name);
 
 #endif /* VHOST_GUEST_H */

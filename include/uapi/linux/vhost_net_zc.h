@@ -1,0 +1,74 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * vhost-net-zc: the ioctls a VMM may use on /dev/vhost-net-zc besides the vhost-net ABI
+ * of <linux/vhost.h>, which the device speaks unchanged.
+ *
+ * They have their own ioctl type (VHOST_NET_ZC_IOC_TYPE), distinct from vhost's
+ * VHOST_VIRTIO, so no number here can be mistaken for a vhost command. All of them act on
+ * the TX virtqueue's zero-copy buffers and may be issued at any time; only
+ * VHOST_NET_ZC_VM_RESET needs the caller to be the owner (EPERM). A bad pointer gives
+ * EFAULT; a device that is not vhost-net-zc answers them with ENOTTY.
+ *
+ * A zero-copy TX buffer stays in the guest's pages until the network stack frees the skb
+ * that holds them. Each buffer gets a deadline when it is sent (the device's timeout). A
+ * buffer past its deadline is "expired". When the device is reset (VHOST_NET_SET_BACKEND on
+ * the TX queue, VHOST_RESET_OWNER, close), buffers not yet expired are waited for until
+ * their deadline, and expired ones are "offlined": the guest pages that hold them are
+ * detached from the VMM's address space (the skb keeps the old pages) and their heads are
+ * written to the used ring. See Documentation/vhost-net-zc.rst.
+ */
+#ifndef _UAPI_LINUX_VHOST_NET_ZC_H
+#define _UAPI_LINUX_VHOST_NET_ZC_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define VHOST_NET_ZC_IOC_TYPE	0xBE
+
+/*
+ * The deadline, in milliseconds (1..600000), of the zero-copy buffers sent from now on.
+ * Buffers already in flight keep theirs. Default: the module parameter timeout_ms.
+ * EINVAL out of range.
+ */
+#define VHOST_NET_ZC_SET_TIMEOUT	_IOW(VHOST_NET_ZC_IOC_TYPE, 0x00, __u32)
+#define VHOST_NET_ZC_GET_TIMEOUT	_IOR(VHOST_NET_ZC_IOC_TYPE, 0x01, __u32)
+
+/*
+ * Reclaim on expiry: 1 returns every expired buffer at once, offlined in preserve mode, so
+ * the TX queue never stalls longer than the timeout; 0 (the default) returns expired
+ * buffers only on a reset. EINVAL for any other value.
+ */
+#define VHOST_NET_ZC_SET_RECLAIM	_IOW(VHOST_NET_ZC_IOC_TYPE, 0x02, __u32)
+
+/*
+ * The VMM resets the VM: every zero-copy buffer in flight, expired or not, is offlined at
+ * once in discard mode (the guest sees zeroed pages where the buffers were) and its head
+ * written to the used ring. The argument is a mask of flags; none is defined yet (EINVAL
+ * for any bit). EPERM: the caller is not the owner. EOPNOTSUPP: some buffer is in memory
+ * that cannot be offlined (see the documentation); those stay in flight.
+ */
+#define VHOST_NET_ZC_VM_RESET		_IOW(VHOST_NET_ZC_IOC_TYPE, 0x03, __u32)
+
+/* The device's counters since it was opened. */
+struct vhost_net_zc_stats {
+	__u64 sent_zerocopy;		/* TX buffers sent zero-copy */
+	__u64 sent_copy;		/* TX buffers sent by copy */
+	__u64 completed;		/* zero-copy buffers the stack released */
+	__u64 completed_copied;		/* of those, copied by the stack after all */
+	__u64 expired;			/* buffers found in flight past their deadline */
+	__u64 offlined;			/* buffers whose pages were offlined */
+	__u64 offlined_pages;		/* pages offlined (of the base page size) */
+	__u64 held_pages;		/* offlined pages still held by skbs in flight */
+	__u64 offline_refused;		/* buffers that could not be offlined */
+	__u64 abandoned;		/* heads dropped: ring reset with the buffer in flight */
+	__u64 in_flight;		/* buffers the stack holds now */
+	__u64 in_flight_expired;	/* of those, expired */
+	__u64 last_reset_wait_ns;	/* time the last reset spent on zero-copy buffers */
+	__u64 max_reset_wait_ns;	/* the longest such time */
+	__u32 timeout_ms;		/* the current timeout */
+	__u32 reclaim;			/* reclaim on expiry: 0 or 1 */
+};
+
+#define VHOST_NET_ZC_GET_STATS		_IOR(VHOST_NET_ZC_IOC_TYPE, 0x04, struct vhost_net_zc_stats)
+
+#endif /* _UAPI_LINUX_VHOST_NET_ZC_H */

@@ -1,0 +1,244 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The bridge fixture of the zero-copy tests (vnzc_zerocopy, vnzc_offline): a tap in a
+ * bridge whose two other ports are dummies; frames for 02:00:00:00:00:d0 leave through
+ * vnzcd0, whose root qdisc is plug (it holds every skb until released), frames for ...:d1
+ * through vnzcd1, which frees them at once. Packet sockets (ETH_P_ALL) on the dummies see
+ * what leaves. Included once by each test program (static functions: each program uses
+ * its own subset of them).
+ */
+#ifndef ZC_ENV_H
+#define ZC_ENV_H
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <net/if.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+
+#include "kselftest_harness.h"
+#include "vhost_guest.h"
+
+#define TEST_ETHERTYPE	0x88b5
+#define HDR_LEN		sizeof(struct virtio_net_hdr_mrg_rxbuf)
+#define RING		256
+#define ZC_LEN		1000	/* above the default copy_threshold (256) */
+
+static const uint8_t mac_held[6] = { 0x02, 0, 0, 0, 0, 0xd0 };
+static const uint8_t mac_free[6] = { 0x02, 0, 0, 0, 0, 0xd1 };
+static const uint8_t mac_src[6] = { 0x02, 0, 0, 0, 0, 0x02 };
+
+/* The bridge fixture and the device on it. */
+struct zc_env {
+	struct vg_guest g;
+	char tap[IFNAMSIZ];
+	int tap_fd;
+	int cap_held;	/* ETH_P_ALL on vnzcd0 */
+	int cap_free;	/* ETH_P_ALL on vnzcd1 */
+	bool shared_mem;	/* guest memory in a shared memfd mapping */
+};
+
+static inline int capture(struct __test_metadata *_metadata, const char *ifname)
+{
+	struct sockaddr_ll sll = {
+		.sll_family = AF_PACKET,
+		.sll_protocol = htons(ETH_P_ALL),
+	};
+	int fd;
+
+	sll.sll_ifindex = if_nametoindex(ifname);
+	EXPECT_NE(0, sll.sll_ifindex);
+	fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
+	EXPECT_LE(0, fd);
+	EXPECT_EQ(0, bind(fd, (struct sockaddr *)&sll, sizeof(sll)));
+	return fd;
+}
+
+static inline long now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Whether bridge port @port forwards (STP is off, but a port starts out blocking). */
+static inline bool forwarding(const char *port)
+{
+	char path[128], state[8] = "";
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/sys/class/net/%s/brport/state", port);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	if (!fgets(state, sizeof(state), f))
+		state[0] = 0;
+	fclose(f);
+	return atoi(state) == 3;	/* BR_STATE_FORWARDING */
+}
+
+static inline void plug(bool on)
+{
+	if (system(on ? "tc qdisc change dev vnzcd0 root plug block" :
+			"tc qdisc change dev vnzcd0 root plug release_indefinite"))
+		fprintf(stderr, "# tc plug %s failed\n", on ? "block" : "release");
+}
+
+/* Builds the fixture and opens @dev on it, TX backend the tap; @dev NULL: /dev/vhost-net-zc. */
+static inline void env_setup_dev(struct __test_metadata *_metadata, struct zc_env *env, const char *dev,
+			  uint64_t features)
+{
+	char cmd[1024];
+	int r;
+
+	env->cap_held = env->cap_free = -1;
+	env->tap_fd = vg_tap_open(env->tap, sizeof(env->tap));
+	ASSERT_LE(0, env->tap_fd) TH_LOG("tap: %s", strerror(-env->tap_fd));
+	snprintf(cmd, sizeof(cmd),
+		 "ip link del vnzcbr 2>/dev/null; ip link del vnzcd0 2>/dev/null; "
+		 "ip link del vnzcd1 2>/dev/null; "
+		 "ip link add vnzcbr type bridge && "
+		 "ip link add vnzcd0 type dummy && ip link add vnzcd1 type dummy && "
+		 "tc qdisc add dev vnzcd0 root plug limit 100000000 && "
+		 "ip link set vnzcd0 master vnzcbr && ip link set vnzcd1 master vnzcbr && "
+		 "ip link set %s master vnzcbr && "
+		 "ip link set vnzcd0 up && ip link set vnzcd1 up && ip link set vnzcbr up && "
+		 "ip link set %s up && "
+		 "bridge fdb add 02:00:00:00:00:d0 dev vnzcd0 master static && "
+		 "bridge fdb add 02:00:00:00:00:d1 dev vnzcd1 master static",
+		 env->tap, env->tap);
+	ASSERT_EQ(0, system(cmd)) TH_LOG("could not build the bridge fixture");
+	env->cap_held = capture(_metadata, "vnzcd0");
+	env->cap_free = capture(_metadata, "vnzcd1");
+	/* Frames sent before the ports forward would be dropped by the bridge. */
+	for (long end = now_ms() + 10000; now_ms() < end; usleep(20 * 1000))
+		if (forwarding(env->tap) && forwarding("vnzcd0") && forwarding("vnzcd1"))
+			break;
+	ASSERT_TRUE(forwarding(env->tap) && forwarding("vnzcd0") && forwarding("vnzcd1"))
+		TH_LOG("bridge ports not forwarding after 10 s");
+
+	ASSERT_EQ(0, vg_open_mem(&env->g, dev ? dev : "/dev/vhost-net-zc", 1 << 20,
+				 env->shared_mem));
+	r = vg_setup(&env->g, features, RING);
+	ASSERT_EQ(0, r) TH_LOG("setup: %s", strerror(-r));
+	r = vg_set_backend(&env->g, VG_TX, env->tap_fd);
+	ASSERT_EQ(0, r) TH_LOG("SET_BACKEND: %s", strerror(-r));
+}
+
+static inline void env_setup(struct __test_metadata *_metadata, struct zc_env *env,
+			     uint64_t features)
+{
+	env_setup_dev(_metadata, env, NULL, features);
+}
+
+static inline void env_teardown(struct __test_metadata *_metadata, struct zc_env *env)
+{
+	/* Let held skbs go first, so closing the device does not wait for them. */
+	plug(false);
+	vg_close(&env->g);
+	if (env->cap_held >= 0)
+		close(env->cap_held);
+	if (env->cap_free >= 0)
+		close(env->cap_free);
+	close(env->tap_fd);
+	if (system("ip link del vnzcbr; ip link del vnzcd0; ip link del vnzcd1"))
+		TH_LOG("could not remove the bridge fixture");
+}
+
+/* Posts a frame of @len bytes to @dst with a header descriptor; returns its head. */
+static inline int post_frame(struct vg_guest *g, const uint8_t *dst, size_t len, unsigned int seed,
+		      uint8_t **frame_out, bool indirect)
+{
+	uint8_t *hdr = vg_alloc(g, HDR_LEN, 8);
+	uint8_t *frame = vg_alloc(g, len, 64);
+	void *bufs[2] = { hdr, frame };
+	uint32_t lens[2] = { HDR_LEN, len };
+
+	if (!hdr || !frame)
+		return -ENOMEM;
+	memset(hdr, 0, HDR_LEN);
+	memcpy(frame, dst, 6);
+	memcpy(frame + 6, mac_src, 6);
+	frame[12] = TEST_ETHERTYPE >> 8;
+	frame[13] = TEST_ETHERTYPE & 0xff;
+	for (size_t i = 14; i < len; i++)
+		frame[i] = (uint8_t)(i * 13 + seed);
+	if (frame_out)
+		*frame_out = frame;
+	if (indirect)
+		return vg_post_indirect(g, VG_TX, bufs, lens, 2, false);
+	return vg_post(g, VG_TX, bufs, lens, 2, false);
+}
+
+static inline int send_frame(struct vg_guest *g, const uint8_t *dst, size_t len, unsigned int seed,
+		      uint8_t **frame_out)
+{
+	return post_frame(g, dst, len, seed, frame_out, false);
+}
+
+/* Reaps what is in the used ring, waiting up to @ms for the first entry; returns count. */
+static inline int reap_all(struct vg_guest *g, uint32_t *ids, int max, int ms)
+{
+	uint32_t len;
+	int n = 0;
+
+	for (int waited = 0; n < max; ) {
+		if (vg_reap(g, VG_TX, &ids[n], &len)) {
+			n++;
+			continue;
+		}
+		if (waited >= ms)
+			break;
+		vg_wait_call(g, VG_TX, 50);
+		waited += 50;
+	}
+	return n;
+}
+
+/*
+ * Receives our next frame (by ethertype) from @fd into @buf within 5 s; returns its length
+ * or -1. Timed with poll(), whose timeouts are hrtimers: socket timeouts count jiffies,
+ * which lag far behind real time in an emulated VM.
+ */
+static inline ssize_t recv_ours(int fd, uint8_t *buf, size_t size)
+{
+	for (long end = now_ms() + 5000; now_ms() < end; ) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&p, 1, 100) <= 0)
+			continue;
+		n = recv(fd, buf, size, 0);
+		if (n >= 14 && buf[12] == (TEST_ETHERTYPE >> 8) && buf[13] == (TEST_ETHERTYPE & 0xff))
+			return n;
+	}
+	return -1;
+}
+
+/* The next used entry, within @ms, is @head. */
+static inline void expect_head(struct __test_metadata *_metadata, struct vg_guest *g, int head, int ms)
+{
+	uint32_t id;
+
+	ASSERT_EQ(1, reap_all(g, &id, 1, ms)) TH_LOG("head %d not returned", head);
+	EXPECT_EQ((uint32_t)head, id);
+}
+
+/* The next frame of ours leaving through @fd's port is @frame, byte for byte. */
+static inline void expect_frame(struct __test_metadata *_metadata, int fd, const uint8_t *frame,
+			 size_t len)
+{
+	uint8_t got[2048];
+
+	ASSERT_EQ((ssize_t)len, recv_ours(fd, got, sizeof(got)));
+	EXPECT_EQ(0, memcmp(got, frame, len));
+}
+
+#endif /* ZC_ENV_H */
