@@ -230,13 +230,13 @@ fn offline_and_return(
     }
     if let Some(e) = last_err {
         pr_warn!(
-            "{} zero-copy TX buffers could not be offlined ({}: {:?}); they stay with the network stack\n",
+            "{} zero-copy TX buffers could not be offlined in {} mode (errno {}: memory shared with a file, not writable, or not pages); they stay in flight until the network stack frees them\n",
             refused,
             match mode {
-                Mode::Preserve => "preserve mode",
-                Mode::Discard => "discard mode",
+                Mode::Preserve => "preserve",
+                Mode::Discard => "discard",
             },
-            e
+            e.to_errno()
         );
     }
     if let Some(vq) = vq {
