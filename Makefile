@@ -5,13 +5,15 @@
 #
 #   make run     set up the host, build the kernel (cached) and module, boot, demonstrate
 #   make check   the same set-up, then lints and the full selftest suite in the VM
+#   make bench   the benchmarks in the VM, with a report
+#   make dkms-deb  the Debian package vhost-net-zc-dkms, into dist/
 #   make module  build the module against the cached kernel (CLIPPY=1 for clippy)
 #   make clean   remove module build products (the kernel cache stays)
 
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 SHELL := /bin/bash
 
-.PHONY: all run check setup kernel module lint selftests clean
+.PHONY: all run check bench dkms-deb dkms-prebuild setup kernel module lint selftests clean
 
 all: module
 
@@ -33,8 +35,17 @@ selftests: kernel
 run: module selftests
 	@bash $(ROOT)/scripts/run.sh
 
-check: lint module selftests
+check: lint module selftests dkms-prebuild
 	@bash $(ROOT)/scripts/check.sh
+
+dkms-deb: setup
+	@bash $(ROOT)/scripts/dkms-deb.sh
+
+dkms-prebuild: kernel dkms-deb
+	@bash $(ROOT)/scripts/dkms-prebuild.sh
+
+bench: module selftests
+	@bash $(ROOT)/scripts/bench.sh
 
 clean:
 	@bash -c '. $(ROOT)/scripts/lib.sh; kdir=$$(vnzc_kdir); \

@@ -31,7 +31,10 @@ mod vhost;
 mod zerocopy;
 
 use kernel::{
-    debugfs::Dir,
+    debugfs::{
+        self,
+        Dir, //
+    },
     miscdevice::{
         MiscDeviceOptions,
         MiscDeviceRegistration, //
@@ -92,19 +95,31 @@ struct VhostNetZcModule {
     _debugfs: DebugfsRoot,
 }
 
-/// Owns the module's debugfs directory, through [`DEBUGFS`].
-struct DebugfsRoot;
+/// Owns the module's debugfs directory, through [`DEBUGFS`], and its files.
+struct DebugfsRoot {
+    /// `vhost-net-zc/timer_cost`: see [`zerocopy::show_timer_cost`].
+    timer_cost: Option<Pin<KBox<debugfs::File<()>>>>,
+}
 
 impl DebugfsRoot {
     /// Creates `vhost-net-zc/` in debugfs (nothing if debugfs is not available).
     fn new() -> Self {
-        *DEBUGFS.lock() = Some(Dir::new(c"vhost-net-zc"));
-        DebugfsRoot
+        let root = Dir::new(c"vhost-net-zc");
+        let timer_cost: Result<Pin<KBox<debugfs::File<()>>>> = KBox::pin_init(
+            root.read_callback_file(c"timer_cost", (), &|(): &(), f| {
+                zerocopy::show_timer_cost(f)
+            }),
+            GFP_KERNEL,
+        );
+        let timer_cost = timer_cost.ok();
+        *DEBUGFS.lock() = Some(root);
+        DebugfsRoot { timer_cost }
     }
 }
 
 impl Drop for DebugfsRoot {
     fn drop(&mut self) {
+        drop(self.timer_cost.take());
         drop(DEBUGFS.lock().take());
     }
 }

@@ -11,7 +11,7 @@ VNZC_TAG=check
 
 kdir=$(vnzc_kdir)
 # Whole-suite bound: a hang in the kernel under test must fail the run, not stall it.
-limit=${VNZC_CHECK_TIMEOUT:-1800}
+limit=${VNZC_CHECK_TIMEOUT:-3000}
 
 # run_suite DIR: boot and run the suite once, results in DIR; sets vm_rc.
 run_suite() {

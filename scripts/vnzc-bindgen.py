@@ -61,7 +61,7 @@ def select_bindgen_flags(args):
     return out
 
 
-def select_clang_flags(args, depfile, srctree):
+def select_clang_flags(args, depfile, vhost_dir):
     out = []
     for a in args:
         if a.startswith("-Wp,-MMD,") or a.startswith("-DKBUILD_") or \
@@ -69,7 +69,7 @@ def select_clang_flags(args, depfile, srctree):
             continue
         out.append(a)
     out += [f"-Wp,-MMD,{depfile}",
-            f"-I{os.path.join(srctree, 'drivers', 'vhost')}",
+            f"-I{vhost_dir}",
             '-DKBUILD_MODNAME="vhost_net_zc"', "-D__KBUILD_MODNAME=vhost_net_zc"]
     return out
 
@@ -93,6 +93,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--objtree", required=True)
     p.add_argument("--srctree", required=True)
+    p.add_argument("--vhost-dir", required=True)
     p.add_argument("--depfile", required=True)
     p.add_argument("--header", required=True)
     p.add_argument("--output", required=True)
@@ -102,13 +103,13 @@ def main():
     items = a.items[1:] if a.items[:1] == ["--"] else a.items
     # kbuild runs this from the module's directory, but the kernel's clang flags name
     # include directories relative to the kernel tree, where bindgen is run.
-    a.header, a.output, a.depfile, a.srctree = (
-        os.path.abspath(x) for x in (a.header, a.output, a.depfile, a.srctree))
+    a.header, a.output, a.depfile, a.srctree, a.vhost_dir = (
+        os.path.abspath(x) for x in (a.header, a.output, a.depfile, a.srctree, a.vhost_dir))
 
     bg, clang = kernel_invocation(a.objtree)
     cmd = [a.bindgen, a.header, "--no-recursive-allowlist", "--no-doc-comments"]
     cmd += select_bindgen_flags(bg) + items + ["-o", a.output, "--"]
-    cmd += select_clang_flags(clang, a.depfile, a.srctree)
+    cmd += select_clang_flags(clang, a.depfile, a.vhost_dir)
     r = subprocess.run(cmd, cwd=a.objtree)
     if r.returncode == 0:
         absolutize_depfile(a.depfile, a.objtree)

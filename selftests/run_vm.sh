@@ -120,6 +120,10 @@ t_reload_cycles() {
 	echo "5 cycles, rmmod refused while open"
 }
 
+t_dkms() {
+	KDIR=$KDIR VNZC_KO=$VNZC_KO bash "$ROOT/selftests/vnzc_dkms.sh"
+}
+
 t_kmemleak() {
 	local f=/sys/kernel/debug/kmemleak
 	[ -w $f ] || { echo "kmemleak not available"; return 4; }
@@ -208,9 +212,10 @@ fi
 # Deadlines and offlining; its comparison test needs stock vhost_net with zero copy on.
 rmmod vhost_net && kmod_load vhost_net experimental_zcopytx=1 ||
 	ktap "# could not reload vhost_net with experimental_zcopytx=1"
-run_harness "$TESTS/vnzc_offline"
+VNZC_HARNESS_TIMEOUT=900 run_harness "$TESTS/vnzc_offline"
 rmmod vhost_net && kmod_load vhost_net
 
+run_case dkms_package t_dkms
 run_case unload t_unload
 run_case reload_cycles t_reload_cycles
 if [ "${VNZC_INJECT_FAILURE:-0}" = 1 ]; then

@@ -28,11 +28,32 @@ static int vg_ioctl(int fd, unsigned long req, void *arg)
 
 int vg_open(struct vg_guest *g, const char *dev, size_t mem_size)
 {
-	return vg_open_mem(g, dev, mem_size, false);
+	return vg_open_mem(g, dev, mem_size, 0);
 }
 
-int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, bool shared)
+/* @mem_size bytes of anonymous memory aligned to 2 MiB, in transparent huge pages. */
+static void *thp_memory(size_t mem_size)
 {
+	size_t huge = 2UL << 20;
+	uint8_t *p = mmap(NULL, mem_size + huge, PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	uint8_t *aligned;
+
+	if (p == MAP_FAILED)
+		return p;
+	aligned = (uint8_t *)(((uintptr_t)p + huge - 1) & ~(huge - 1));
+	if (aligned > p)
+		munmap(p, aligned - p);
+	munmap(aligned + mem_size, p + huge - aligned);
+	madvise(aligned, mem_size, MADV_HUGEPAGE);
+	/* Touch it: the faults allocate the huge pages. */
+	memset(aligned, 0, mem_size);
+	return aligned;
+}
+
+int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, int flags)
+{
+	bool shared = flags & VG_MEM_SHARED;
 	int memfd = -1;
 
 	memset(g, 0, sizeof(*g));
@@ -53,8 +74,12 @@ int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, bool share
 			return e;
 		}
 	}
-	g->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE,
-		      shared ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS, memfd, 0);
+	if (flags & VG_MEM_THP)
+		g->mem = thp_memory(mem_size);
+	else
+		g->mem = mmap(NULL, mem_size, PROT_READ | PROT_WRITE,
+			      shared ? MAP_SHARED : MAP_PRIVATE | MAP_ANONYMOUS |
+			      (flags & VG_MEM_HUGETLB ? MAP_HUGETLB : 0), memfd, 0);
 	if (memfd >= 0)
 		close(memfd);
 	if (g->mem == MAP_FAILED) {

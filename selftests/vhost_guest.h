@@ -46,8 +46,11 @@ struct vg_guest {
 
 /* Open @dev and map @mem_size bytes of guest memory. Returns 0 or -errno. */
 int vg_open(struct vg_guest *g, const char *dev, size_t mem_size);
-/* The same with guest memory in a memfd mapped shared (QEMU's share=on) if @shared. */
-int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, bool shared);
+/* Kinds of guest memory for vg_open_mem(); 0 is private anonymous memory. */
+#define VG_MEM_SHARED	1	/* a memfd mapped shared (QEMU's share=on) */
+#define VG_MEM_HUGETLB	2	/* private hugetlb pages (MAP_HUGETLB) */
+#define VG_MEM_THP	4	/* private anonymous, 2 MiB aligned, MADV_HUGEPAGE */
+int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, int flags);
 void vg_close(struct vg_guest *g);
 
 /* Bump-allocate guest memory. Returns NULL when the region is exhausted. */

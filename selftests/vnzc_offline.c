@@ -482,7 +482,7 @@ FIXTURE(shm) {
 
 FIXTURE_SETUP(shm)
 {
-	self->e.shared_mem = true;
+	self->e.mem_flags = VG_MEM_SHARED;
 	env_setup(_metadata, &self->e, 1ULL << VIRTIO_F_VERSION_1);
 	ASSERT_EQ(0, set_u32(&self->e.g, VHOST_NET_ZC_SET_TIMEOUT, TIMEOUT_MS));
 }
@@ -532,6 +532,86 @@ TEST_F_TIMEOUT(shm, vm_reset_punches_hole, 120)
 	for (int i = 0; i < f.n; i++)
 		expect_frame(_metadata, self->e.cap_held, f.orig[i], ZC_LEN);
 	EXPECT_EQ(0, WAIT_STAT(g, held_pages, 0, 3000));
+}
+
+/*
+ * Huge pages: a transparent huge page is split by the zap and only the buffer's base pages
+ * are replaced; a hugetlb page is offlined whole (and copied whole in preserve mode). The
+ * guest reads its bytes, the packets leave intact.
+ */
+FIXTURE(huge) {
+	struct zc_env e;
+};
+
+FIXTURE_VARIANT(huge) {
+	int mem_flags;
+	long min_pages;		/* base pages offlined per buffer, at least */
+};
+
+FIXTURE_VARIANT_ADD(huge, thp) {
+	.mem_flags = VG_MEM_THP,
+	.min_pages = 1,
+};
+
+FIXTURE_VARIANT_ADD(huge, hugetlb) {
+	.mem_flags = VG_MEM_HUGETLB,
+	.min_pages = 512,
+};
+
+/* Kibibytes of AnonHugePages in this process. */
+static long anon_huge_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonHugePages: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+FIXTURE_SETUP(huge)
+{
+	if (variant->mem_flags & VG_MEM_HUGETLB) {
+		/* The guest's 2 pages, a fresh one per offlined page, the skbs' old ones. */
+		if (system("echo 8 > /proc/sys/vm/nr_hugepages"))
+			SKIP(return, "cannot reserve hugetlb pages");
+	}
+	self->e.mem_flags = variant->mem_flags;
+	env_setup(_metadata, &self->e, 1ULL << VIRTIO_F_VERSION_1);
+	ASSERT_EQ(0, set_u32(&self->e.g, VHOST_NET_ZC_SET_TIMEOUT, TIMEOUT_MS));
+}
+
+FIXTURE_TEARDOWN(huge)
+{
+	env_teardown(_metadata, &self->e);
+}
+
+TEST_F_TIMEOUT(huge, set_backend_preserves, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct frames f;
+	long t0, waited;
+
+	if (variant->mem_flags & VG_MEM_THP)
+		TH_LOG("AnonHugePages before: %ld kB", anon_huge_kb());
+	send_held(_metadata, g, &f, 3, 140);
+	EXPECT_EQ(3, WAIT_STAT(g, in_flight_expired, 3, TIMEOUT_MS + 3000));
+	t0 = now_ms();
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	waited = now_ms() - t0;
+	TH_LOG("SET_BACKEND -1 with 3 expired buffers took %ld ms, %ld pages offlined", waited,
+	       STAT(g, offlined_pages));
+	EXPECT_GT(BOUND_MS, waited);
+	expect_all_heads(_metadata, g, &f, 100);
+	expect_preserved(_metadata, &f);
+	EXPECT_EQ(3, STAT(g, offlined));
+	EXPECT_LE(3 * variant->min_pages, STAT(g, offlined_pages));
+	scribble_release_check(_metadata, &self->e, &f);
 }
 
 /*

@@ -41,7 +41,7 @@ struct zc_env {
 	int tap_fd;
 	int cap_held;	/* ETH_P_ALL on vnzcd0 */
 	int cap_free;	/* ETH_P_ALL on vnzcd1 */
-	bool shared_mem;	/* guest memory in a shared memfd mapping */
+	int mem_flags;	/* VG_MEM_*: the kind of guest memory */
 };
 
 static inline int capture(struct __test_metadata *_metadata, const char *ifname)
@@ -124,8 +124,10 @@ static inline void env_setup_dev(struct __test_metadata *_metadata, struct zc_en
 	ASSERT_TRUE(forwarding(env->tap) && forwarding("vnzcd0") && forwarding("vnzcd1"))
 		TH_LOG("bridge ports not forwarding after 10 s");
 
-	ASSERT_EQ(0, vg_open_mem(&env->g, dev ? dev : "/dev/vhost-net-zc", 1 << 20,
-				 env->shared_mem));
+	r = vg_open_mem(&env->g, dev ? dev : "/dev/vhost-net-zc",
+			env->mem_flags & (VG_MEM_HUGETLB | VG_MEM_THP) ? 4 << 20 : 1 << 20,
+			env->mem_flags);
+	ASSERT_EQ(0, r) TH_LOG("guest memory: %s", strerror(-r));
 	r = vg_setup(&env->g, features, RING);
 	ASSERT_EQ(0, r) TH_LOG("setup: %s", strerror(-r));
 	r = vg_set_backend(&env->g, VG_TX, env->tap_fd);

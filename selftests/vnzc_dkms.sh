@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: GPL-2.0
+#
+# The Debian package (make dkms-deb) installed with dpkg: DKMS builds the module for the
+# running kernel against its build directory (the cached tree this kernel was built from),
+# the module loads from updates/dkms, and removing the package removes it again.
+# Run in the test VM (selftests/run_vm.sh) with vhost_net_zc loaded from VNZC_KO; leaves it
+# loaded from there again. Exit status 0: pass, 1: fail.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/selftests/lib_vm.sh"
+: "${VNZC_KO:?the module to reload after the test}"
+# Whatever happens, the project's module is loaded again at the end.
+trap 'kmod_loaded vhost_net_zc || kmod_load_zc' EXIT
+kver=$(uname -r)
+
+# A kernel that cannot take the module is named with what it lacks, not a compiler error.
+fake=$(mktemp -d)
+expect_refusal() { # WHAT PATTERN
+	local out
+	out=$(bash "$ROOT/scripts/dkms-build.sh" "$fake" 0.0.0-fake 2>&1) &&
+		{ echo "built for a kernel without $1"; exit 1; }
+	printf '%s\n' "$out" | grep -q "$2" || { echo "no clear message without $1: $out"; exit 1; }
+	echo "without $1: $out"
+}
+echo "CONFIG_CC_IS_CLANG=y" >"$fake/.config"
+expect_refusal CONFIG_RUST "needs CONFIG_RUST=y"
+printf 'CONFIG_RUST=y\n' >"$fake/.config"
+expect_refusal "the Rust metadata" "lacks the kernel's Rust metadata"
+mkdir "$fake/rust" && touch "$fake/rust/libkernel.rmeta" "$fake/rust/libmacros.so"
+printf 'CONFIG_RUST=y\nCONFIG_RUSTC_VERSION_TEXT="rustc 0.0.1"\n' >"$fake/.config"
+expect_refusal "the same rustc" "must be built by the same rustc"
+cp "/lib/modules/$kver/build/.config" "$fake/.config"
+expect_refusal "drivers/vhost/vhost.h" "set VNZC_KSRC"
+rm -rf "$fake"
+
+deb=$(ls "$ROOT"/dist/vhost-net-zc-dkms_*.deb 2>/dev/null | tail -n 1)
+[ -n "$deb" ] || { echo "no package in dist/ (make dkms-deb)"; exit 1; }
+command -v dkms >/dev/null || { echo "dkms is not installed on the host"; exit 1; }
+[ -e "/lib/modules/$kver/build/.config" ] || { echo "no build directory for $kver"; exit 1; }
+# The VM's root is the host's under overlayfs, where renaming a directory fails (EXDEV),
+# as dpkg and dkms do: the directories they create in get a tmpfs of their own.
+for d in /usr/src /usr/share/doc /var/lib/dkms; do
+	mkdir -p "$d" && mount -t tmpfs vnzc-dkms "$d" || exit 1
+done
+trap 'umount /usr/src /usr/share/doc /var/lib/dkms 2>/dev/null
+      kmod_loaded vhost_net_zc || kmod_load_zc' EXIT
+# The module as DKMS built it on the host (scripts/dkms-prebuild.sh): the package's
+# postinst loads a DKMS tarball found in /usr/share/vhost-net-zc-dkms/ instead of
+# compiling, which takes about 25 minutes under TCG. VNZC_DKMS_BUILD_IN_VM=1: compile here.
+version=$(sed -n 's/^PACKAGE_VERSION="\(.*\)"/\1/p' "$ROOT/dkms.conf")
+tarball=$ROOT/dist/vhost-net-zc-$version.dkms.tar.gz
+if [ "${VNZC_DKMS_BUILD_IN_VM:-0}" != 1 ]; then
+	[ -f "$tarball" ] || { echo "no $tarball (scripts/dkms-prebuild.sh)"; exit 1; }
+	mkdir -p /usr/share/vhost-net-zc-dkms && cp "$tarball" /usr/share/vhost-net-zc-dkms/ || exit 1
+	echo "DKMS tarball built on the host: $(basename "$tarball")"
+fi
+rmmod vhost_net_zc || exit 1
+dpkg -i "$deb" >/tmp/dkms-install.log 2>&1
+rc=$?
+tail -n 5 /tmp/dkms-install.log
+[ $rc -eq 0 ] || { cat /var/lib/dkms/vhost-net-zc/*/build/make.log 2>/dev/null | tail -n 30; exit 1; }
+dkms status vhost-net-zc
+ko=$(modinfo -n vhost_net_zc 2>/dev/null)
+echo "modinfo -n: $ko"
+case $ko in */updates/dkms/*) ;; *) echo "not the DKMS build"; exit 1 ;; esac
+modprobe vhost_net_zc || exit 1
+[ -c /dev/vhost-net-zc ] || { echo "no /dev/vhost-net-zc"; exit 1; }
+rmmod vhost_net_zc || exit 1
+dpkg -r vhost-net-zc-dkms >/tmp/dkms-remove.log 2>&1 || { tail /tmp/dkms-remove.log; exit 1; }
+rm -rf /usr/share/vhost-net-zc-dkms
+[ ! -e "$ko" ] || { echo "$ko left behind"; exit 1; }
+[ -z "$(ls -d /usr/src/vhost-net-zc-* 2>/dev/null)" ] || { echo "/usr/src left behind"; exit 1; }
+[ -z "$(dkms status vhost-net-zc 2>/dev/null)" ] || { echo "dkms still lists it"; exit 1; }
+echo "installed, built by DKMS for $kver, loaded, removed"
