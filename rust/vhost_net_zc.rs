@@ -19,7 +19,8 @@
 //! - [`mm`], [`offline`]: offlining the guest pages of expired buffers;
 //! - [`net`]: the misc device, its ioctls and the datapath.
 //!
-//! See `Documentation/vhost-net-zc.rst` for the administrator's view.
+//! See `Documentation/admin-guide.rst` for the administrator's view and
+//! `Documentation/design.rst` for the design.
 
 mod ffi;
 mod mm;

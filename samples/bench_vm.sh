@@ -48,21 +48,7 @@ for run in $(seq "$RUNS"); do
 	echo "| $run | $q | $b |" >>"$REPORT"
 done
 
-ip link add vnzcbr type bridge &&
-	ip link add vnzcd0 type dummy &&
-	tc qdisc add dev vnzcd0 root plug limit 100000000 &&
-	ip tuntap add dev vnzctap mode tap vnet_hdr &&
-	ip link set vnzcd0 master vnzcbr && ip link set vnzctap master vnzcbr &&
-	ip link set vnzcd0 up && ip link set vnzctap up && ip link set vnzcbr up &&
-	bridge fdb add 02:00:00:00:00:d0 dev vnzcd0 master static || exit 1
-for p in vnzctap vnzcd0; do
-	for _ in $(seq 100); do
-		[ "$(cat /sys/class/net/$p/brport/state)" = 3 ] && break
-		sleep 0.1
-	done
-done
-release() { tc qdisc change dev vnzcd0 root plug release_indefinite; }
-block() { tc qdisc change dev vnzcd0 root plug block; }
+stall_fixture_up || exit 1
 STALL=$ROOT/samples/vhost-net-zc-stall
 
 {
@@ -79,18 +65,18 @@ STALL=$ROOT/samples/vhost-net-zc-stall
 } >>"$REPORT"
 for run in $(seq "$RUNS"); do
 	r=$("$STALL" /dev/vhost-net-zc vnzctap 8 | sed -n 's/^RESULT //p')
-	release
-	block
+	stall_release
+	stall_block
 	read -r _ ms heads intact <<<"$r"
 	echo "| vhost-net-zc | $run | $ms | $heads/8 | $([ "$intact" = 1 ] && echo intact || echo changed) |" >>"$REPORT"
 done
-( sleep 3.8; release ) &
+( sleep 3.8; stall_release ) &
 r=$("$STALL" /dev/vhost-net vnzctap 8 | sed -n 's/^RESULT //p')
 wait
 read -r _ ms heads intact <<<"$r"
 echo "| stock vhost-net | 1 | $ms | $heads/8 | $([ "$intact" = 1 ] && echo intact || echo changed) |" >>"$REPORT"
-release
-ip link del vnzcbr; ip link del vnzcd0; ip link del vnzctap
+stall_release
+stall_fixture_down
 {
 	echo
 	echo "Not measured yet: TX packets/s and Gbit/s at 64 B, 1500 B and 64 KiB, CPU per packet."

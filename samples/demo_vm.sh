@@ -33,40 +33,26 @@ modinfo -F parm "$VNZC_KO"
 step "features, as a VMM reads them (VHOST_GET_FEATURES, VHOST_GET_BACKEND_FEATURES)"
 "$ROOT/samples/vhost-net-zc-info" /dev/vhost-net-zc /dev/vhost-net || fail "feature ioctls"
 
+step "the project's own ioctls: set the timeout, read the counters (samples/vhost-net-zc-counters)"
+"$ROOT/samples/vhost-net-zc-counters" 500 || fail "vhost-net-zc ioctls"
+
 step "the stall: a tap in a bridge whose egress port's qdisc is plug (holds every skb)"
-bridge_up() {
-	ip link add vnzcbr type bridge &&
-	ip link add vnzcd0 type dummy &&
-	tc qdisc add dev vnzcd0 root plug limit 100000000 &&
-	ip tuntap add dev vnzctap mode tap vnet_hdr &&
-	ip link set vnzcd0 master vnzcbr && ip link set vnzctap master vnzcbr &&
-	ip link set vnzcd0 up && ip link set vnzctap up && ip link set vnzcbr up &&
-	bridge fdb add 02:00:00:00:00:d0 dev vnzcd0 master static
-}
-release() { tc qdisc change dev vnzcd0 root plug release_indefinite; }
-block() { tc qdisc change dev vnzcd0 root plug block; }
-bridge_up || fail "could not build the bridge"
-for p in vnzctap vnzcd0; do
-	for _ in $(seq 100); do
-		[ "$(cat /sys/class/net/$p/brport/state)" = 3 ] && break
-		sleep 0.1
-	done
-done
+stall_fixture_up || fail "could not build the bridge"
 STALL=$ROOT/samples/vhost-net-zc-stall
 
 step "stock vhost-net, experimental_zcopytx=1: the reset waits for the skbs (watchdog releases the qdisc after 5 s)"
 rmmod vhost_net && kmod_load vhost_net experimental_zcopytx=1 || fail "reload vhost_net with zero copy"
 ( sleep 5; state=$(awk '{print $3}' /proc/"$(pgrep -f "vhost-net-zc-stall /dev/vhost-net ")"/stat 2>/dev/null)
-  echo "watchdog: after 5 s the VMM is in state ${state:-?} (D: uninterruptible); releasing the qdisc"; release ) &
+  echo "watchdog: after 5 s the VMM is in state ${state:-?} (D: uninterruptible); releasing the qdisc"; stall_release ) &
 stock=$("$STALL" /dev/vhost-net vnzctap 8) || fail "stall sample on stock"
 printf '%s\n' "$stock" | grep -v ^RESULT
 wait
-block
+stall_block
 
 step "vhost-net-zc: the same stall, the same reset (timeout 500 ms)"
 zc=$("$STALL" /dev/vhost-net-zc vnzctap 8) || fail "stall sample on vhost-net-zc"
 printf '%s\n' "$zc" | grep -v ^RESULT
-release
+stall_release
 rmmod vhost_net && kmod_load vhost_net
 
 read -r _ _ stock_ms stock_heads _ <<<"$(printf '%s\n' "$stock" | grep ^RESULT)"
@@ -77,7 +63,7 @@ printf '  vhost-net-zc:                reset returned in %s ms with %s of 8 head
 	"$zc_ms" "$zc_heads" "$([ "$zc_intact" = 1 ] && echo intact || echo CHANGED)"
 [ "$zc_heads" = 8 ] && [ "$zc_intact" = 1 ] && [ "$zc_ms" -lt "$stock_ms" ] ||
 	fail "vhost-net-zc did not return every head intact, faster than stock"
-ip link del vnzcbr; ip link del vnzcd0; ip link del vnzctap
+stall_fixture_down
 
 step "unload (after the stack freed the skbs)"
 for _ in $(seq 100); do rmmod vhost_net_zc 2>/dev/null && break; sleep 0.1; done

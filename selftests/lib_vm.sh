@@ -111,3 +111,27 @@ kmod_load_zc() {
 	done
 	insmod "$VNZC_KO" "$@"
 }
+
+# The stall of the demonstration and the benchmarks: a persistent tap vnzctap in bridge
+# vnzcbr whose other port, dummy vnzcd0, has a plug qdisc and receives every frame for
+# 02:00:00:00:00:d0. Returns once both ports forward.
+stall_fixture_up() {
+	local p
+	ip link add vnzcbr type bridge &&
+		ip link add vnzcd0 type dummy &&
+		tc qdisc add dev vnzcd0 root plug limit 100000000 &&
+		ip tuntap add dev vnzctap mode tap vnet_hdr &&
+		ip link set vnzcd0 master vnzcbr && ip link set vnzctap master vnzcbr &&
+		ip link set vnzcd0 up && ip link set vnzctap up && ip link set vnzcbr up &&
+		bridge fdb add 02:00:00:00:00:d0 dev vnzcd0 master static || return 1
+	for p in vnzctap vnzcd0; do
+		for _ in $(seq 100); do
+			[ "$(cat /sys/class/net/$p/brport/state)" = 3 ] && break
+			sleep 0.1
+		done
+	done
+}
+
+stall_release() { tc qdisc change dev vnzcd0 root plug release_indefinite; }
+stall_block() { tc qdisc change dev vnzcd0 root plug block; }
+stall_fixture_down() { ip link del vnzcbr; ip link del vnzcd0; ip link del vnzctap; }

@@ -129,11 +129,21 @@ t_kmemleak() {
 	[ -w $f ] || { echo "kmemleak not available"; return 4; }
 	# Objects must stay unreferenced for two scans (and their minimum age) to be reported.
 	echo scan >$f; sleep 6; echo scan >$f
-	if grep -q unreferenced $f; then
-		grep -A12 unreferenced $f | head -n 60
+	# One leak is stock vhost-net's own, not this module's: its release clears the TX
+	# queue's ubufs pointer without freeing it when a zero-copy backend is still attached
+	# (vhost_net_vq_reset(), drivers/vhost/net.c in 7.3), which the diagnostic run of
+	# vhost_net_test on stock with experimental_zcopytx=1 above does. Such objects
+	# (allocated in vhost_net_ioctl() of [vhost_net]) are listed, not counted.
+	awk '/^unreferenced object/ { n++ } { obj[n] = obj[n] $0 "\n" }
+	     END { for (i = 1; i <= n; i++) {
+		     stock = obj[i] ~ /vhost_net_ioctl\+[^ ]* \[vhost_net\]/
+		     printf "%s%s", (stock ? "stock vhost_net, not counted: " : "LEAK: "), obj[i] } }' \
+		$f >/tmp/kmemleak.txt
+	head -n 80 /tmp/kmemleak.txt
+	if grep -q '^LEAK: ' /tmp/kmemleak.txt; then
 		return 1
 	fi
-	echo "no leaks"
+	echo "no leaks of this module"
 }
 
 t_dmesg() {

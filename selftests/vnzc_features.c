@@ -22,7 +22,7 @@
 #define STOCK_DEV	"/dev/vhost-net"
 #define B(x)		(1ULL << (x))
 
-/* What /dev/vhost-net-zc offers (Documentation/vhost-net-zc.rst, "Features"). */
+/* What /dev/vhost-net-zc offers (Documentation/admin-guide.rst, "Features"). */
 static const uint64_t zc_features =
 	B(VIRTIO_F_NOTIFY_ON_EMPTY) | B(VIRTIO_RING_F_INDIRECT_DESC) |
 	B(VIRTIO_RING_F_EVENT_IDX) | B(VHOST_F_LOG_ALL) | B(VIRTIO_F_ANY_LAYOUT) |
