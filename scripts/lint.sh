@@ -28,3 +28,14 @@ if printf '%s\n' "$report" | grep -q ': ERROR:'; then
 	vnzc_die "checkpatch: errors in the C files"
 fi
 vnzc_log "checkpatch: no errors"
+# The documentation: Sphinx with warnings as errors (scripts/setup-host.sh installs it).
+sphinx=$VNZC_CACHE/sphinx/bin/sphinx-build
+[ -x "$sphinx" ] || vnzc_die "no $sphinx: run scripts/setup-host.sh"
+out=$(mktemp -d)
+if ! "$sphinx" -q -W --keep-going -C -D master_doc=index -D project=vhost-net-zc \
+	-b html "$VNZC_ROOT/Documentation" "$out"; then
+	rm -rf "$out"
+	vnzc_die "Sphinx: the documentation has warnings"
+fi
+rm -rf "$out"
+vnzc_log "Documentation: Sphinx clean"

@@ -73,7 +73,7 @@ EOT
 # All from bookworm-backports where it has a newer version (clang/lld/llvm 19 and
 # qemu-system-x86 exist only there; the host's qemu-utils already comes from there).
 APT_PKGS=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev
-	  cpio rsync kmod busybox-static iproute2 udev python3-pip dwarves zstd xz-utils
+	  cpio rsync kmod busybox-static iproute2 udev python3-pip python3-venv dwarves zstd xz-utils
 	  make gcc libc6-dev pkg-config file qemu-system-x86 dkms dh-dkms debhelper)
 
 install_apt() {
@@ -109,6 +109,17 @@ install_vng() {
 	fi
 }
 
+install_sphinx() {
+	# The documentation is render-checked by `make check` (scripts/lint.sh); Sphinx lives
+	# in its own virtual environment beside the kernel cache, not in the system's Python.
+	local venv=${VNZC_CACHE:-$HOME/.cache/vhost-net-zc}/sphinx
+	if [ ! -x "$venv/bin/sphinx-build" ]; then
+		log "pip install sphinx (in $venv)"
+		python3 -m venv "$venv"
+		"$venv/bin/pip" install --quiet sphinx
+	fi
+}
+
 start_udev() {
 	# virtme-ng names its virtio-serial ports through udev; without a running udevd the
 	# guest's console output is lost.
@@ -126,5 +137,6 @@ add_suites
 install_apt
 install_rust
 install_vng
+install_sphinx
 start_udev
 log "host ready"
