@@ -98,7 +98,9 @@ impl NetState {
         let stats = tx.stats_ref();
         let name = CString::try_from_fmt(fmt!(
             "{}-{}",
-            kernel::current!().tgid(),
+            // The opener's process ID as its own processes see it (reading `tgid` directly
+            // gave -1 here).
+            kernel::current!().tgid_nr_ns(None),
             DEVICES.fetch_add(1, Relaxed)
         ))?;
         let dir = crate::debugfs_dir(&name);

@@ -981,5 +981,17 @@ pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Re
     writeln!(f, "packets: {}", COST_PACKETS)?;
     writeln!(f, "in_flight: {}", MAX_PEND)?;
     writeln!(f, "per_queue_timer_ns_per_packet: {}", per_queue / n)?;
-    writeln!(f, "per_buffer_timer_ns_per_packet: {}", per_buffer / n)
+    writeln!(f, "per_buffer_timer_ns_per_packet: {}", per_buffer / n)?;
+    // Memory: a device's pool is allocated whole, for `MAX_PEND` buffers in flight, with
+    // room for `MAX_RANGES` address ranges each; a timer per buffer would add one hrtimer
+    // each. Stock vhost-net keeps a `ubuf_info_msgzc` and a used element per buffer (for
+    // `UIO_MAXIOV` of them per queue).
+    let pool = size_of::<Pool>() + MAX_PEND * MAX_RANGES * size_of::<Range>();
+    writeln!(f, "pool_bytes_per_buffer: {}", pool / MAX_PEND)?;
+    writeln!(f, "hrtimer_bytes: {}", size_of::<kb::hrtimer>())?;
+    writeln!(
+        f,
+        "stock_bytes_per_buffer: {}",
+        size_of::<kb::ubuf_info_msgzc>() + size_of::<bindings::vring_used_elem>()
+    )
 }

@@ -1,84 +1,125 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# The benchmarks, inside the test VM (run by `make bench`; see scripts/bench.sh):
-# - the timer cost per packet of the two designs for deadlines (one hrtimer per virtqueue
-#   armed for the earliest deadline, as built, against one hrtimer per buffer), from the
-#   module's vhost-net-zc/timer_cost in debugfs;
-# - reset latency under a stall: VHOST_NET_SET_BACKEND -1 with 8 zero-copy frames held in a
-#   plugged qdisc (samples/vhost-net-zc-stall), on vhost-net-zc and on stock vhost-net with
-#   experimental_zcopytx=1 (whose reset returns only when a watchdog releases the qdisc).
-#   bench_vm.sh RESULT_DIR KDIR
+# The benchmarks, inside the VM of the benchmark kernel (run by `make bench`; see
+# scripts/bench.sh):
+#   bench_vm.sh RESULT_DIR KDIR MODULE
+# Writes RESULT_DIR/raw.txt: one "BENCH ..." line per run of samples/vhost-net-zc-bench,
+# each prefixed with "rep=<n> variant=<name>", and the machine facts; scripts/bench-report.py
+# makes the report from it on the host. The variants, alternated within each repetition:
+#   stock-copy   /dev/vhost-net, experimental_zcopytx=0 (stock's default)
+#   stock-zc     /dev/vhost-net, experimental_zcopytx=1
+#   zc-copy      /dev/vhost-net-zc, zcopy_tx=0
+#   zc-zc        /dev/vhost-net-zc, zcopy_tx=1 (its default)
+# Environment: VNZC_BENCH_REPS (5), VNZC_BENCH_SECONDS (3), VNZC_BENCH_SIZES
+# ("64 1500 65000"), VNZC_BENCH_ROUNDS (resets per cell, 20).
 set -u
 RESULTS=$1
+KDIR=$2
+VNZC_KO=$3
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-KTAP=$RESULTS/bench.ktap
-VNZC_KO=$ROOT/vhost_net_zc.ko
-REPORT=$RESULTS/report.md
-RUNS=${VNZC_BENCH_RUNS:-5}
+KTAP=$RESULTS/bench.log
+RAW=$RESULTS/raw.txt
+BENCH=$ROOT/samples/vhost-net-zc-bench
+REPS=${VNZC_BENCH_REPS:-5}
+SECS=${VNZC_BENCH_SECONDS:-3}
+SIZES=${VNZC_BENCH_SIZES:-64 1500 65000}
+ROUNDS=${VNZC_BENCH_ROUNDS:-20}
+VARIANTS="stock-copy stock-zc zc-copy zc-zc"
 : >"$KTAP"
+echo "# SPDX-License-Identifier: GPL-2.0" >"$RAW"
 . "$ROOT/selftests/lib_vm.sh"
 
+note() { echo "$*" | tee -a "$RAW"; }
+
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
-kmod_load vhost_net experimental_zcopytx=1 || exit 1
 for m in tun dummy sch_plug; do kmod_load "$m" || exit 1; done
-kmod_load_zc || exit 1
 
-{
-	echo "# vhost-net-zc benchmarks"
-	echo
-	echo "Kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) CPUs," \
-		"$(grep -q hypervisor /proc/cpuinfo && echo virtual machine), $(date -u +%F)."
-	echo "Emulated (TCG) unless the host's KVM works: absolute times are slow; compare"
-	echo "within a table."
-	echo
-	echo "## Deadline timers: cost per packet"
-	echo
-	echo "One timer per virtqueue armed for the earliest deadline (built) against one timer"
-	echo "per buffer (started at the send, cancelled at the completion), 128 in flight,"
-	echo "100000 packets per run:"
-	echo
-	echo "| run | per virtqueue, ns/packet | per buffer, ns/packet |"
-	echo "| --- | --- | --- |"
-} >"$REPORT"
-for run in $(seq "$RUNS"); do
-	out=$(cat /sys/kernel/debug/vhost-net-zc/timer_cost)
-	q=$(printf '%s\n' "$out" | sed -n 's/^per_queue_timer_ns_per_packet: //p')
-	b=$(printf '%s\n' "$out" | sed -n 's/^per_buffer_timer_ns_per_packet: //p')
-	echo "| $run | $q | $b |" >>"$REPORT"
+# load_variant NAME: the device of variant NAME, loaded with its parameters; prints its path.
+load_variant() {
+	case "$1" in
+	stock-*)
+		rmmod vhost_net 2>/dev/null
+		kmod_load vhost_net "experimental_zcopytx=$([ "$1" = stock-zc ] && echo 1 || echo 0)" ||
+			return 1
+		echo /dev/vhost-net
+		;;
+	zc-*)
+		rmmod vhost_net_zc 2>/dev/null
+		kmod_load_zc "zcopy_tx=$([ "$1" = zc-zc ] && echo 1 || echo 0)" || return 1
+		echo /dev/vhost-net-zc
+		;;
+	esac
+}
+
+note "machine: $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+note "accel: $(dmesg | grep -qi 'Hypervisor detected: KVM' && echo KVM || echo TCG)"
+note "config: $(zcat /proc/config.gz 2>/dev/null | grep -cE '^CONFIG_(KASAN|PROVE_LOCKING|DEBUG_KMEMLEAK)=y') debug options of KASAN/lockdep/kmemleak set"
+note "date: $(date -u +%FT%TZ)"
+
+# The throughput fixture: tap vnzbtap in bridge vnzbb, whose other port, dummy vnzbd0
+# (no queue: it frees what it is given), receives every frame for 02:00:00:00:00:b0.
+ip link add vnzbb type bridge &&
+	ip link add vnzbd0 type dummy &&
+	ip tuntap add dev vnzbtap mode tap vnet_hdr &&
+	ip link set vnzbd0 master vnzbb && ip link set vnzbtap master vnzbb &&
+	ip link set vnzbd0 up && ip link set vnzbtap up && ip link set vnzbb up &&
+	bridge fdb add 02:00:00:00:00:b0 dev vnzbd0 master static || exit 1
+for _ in $(seq 100); do
+	[ "$(cat /sys/class/net/vnzbtap/brport/state)" = 3 ] &&
+		[ "$(cat /sys/class/net/vnzbd0/brport/state)" = 3 ] && break
+	sleep 0.1
 done
 
+for mode in tx rx; do
+	for rep in $(seq "$REPS"); do
+		for size in $SIZES; do
+			for v in $VARIANTS; do
+				dev=$(load_variant "$v") || { note "# $v: could not load"; continue; }
+				# RX goes to a tap outside the bridge, whose MTU the program sets.
+				tap=vnzbtap
+				[ "$mode" = rx ] && tap=vnzbrx
+				out=$(timeout -k 5 $((SECS + 60)) "$BENCH" "$mode" "$dev" "$tap" "$size" "$SECS" 2>&1)
+				printf '%s\n' "$out" | grep -v '^BENCH' | sed "s/^/# $mode $size $v: /" >>"$RAW"
+				printf '%s\n' "$out" | grep '^BENCH' | sed "s/^/rep=$rep variant=$v /" | tee -a "$RAW"
+			done
+		done
+	done
+	ip link del vnzbrx 2>/dev/null
+done
+ip link del vnzbb
+ip link del vnzbd0
+ip link del vnzbtap
+
+# The timer machinery and memory per buffer, from vhost-net-zc's debugfs.
+load_variant zc-zc >/dev/null
+for rep in $(seq "$REPS"); do
+	cat /sys/kernel/debug/vhost-net-zc/timer_cost | tr '\n' ' ' | sed "s/^/TIMER rep=$rep /" >>"$RAW"
+	echo >>"$RAW"
+done
+
+# The stalled-queue reset: K buffers stuck x timeout T, reset with the queue idle (right
+# after the frames were taken, before their deadline). K stops at 128: both devices keep at
+# most 128 zero-copy buffers of a queue in flight (stock: VHOST_MAX_PEND), so 256 cannot be
+# stuck at once.
 stall_fixture_up || exit 1
-STALL=$ROOT/samples/vhost-net-zc-stall
-
-{
-	echo
-	echo "## Reset latency under a stall"
-	echo
-	echo "\`VHOST_NET_SET_BACKEND\` -1 with 8 zero-copy frames of 1000 bytes held in a plugged"
-	echo "qdisc, 800 ms after they were sent (vhost-net-zc's timeout set to 500 ms); stock"
-	echo "vhost-net (\`experimental_zcopytx=1\`) returns only when a watchdog releases the"
-	echo "qdisc, 3 s after the reset began:"
-	echo
-	echo "| device | run | reset, ms | heads returned | guest bytes |"
-	echo "| --- | --- | --- | --- | --- |"
-} >>"$REPORT"
-for run in $(seq "$RUNS"); do
-	r=$("$STALL" /dev/vhost-net-zc vnzctap 8 | sed -n 's/^RESULT //p')
-	stall_release
-	stall_block
-	read -r _ ms heads intact <<<"$r"
-	echo "| vhost-net-zc | $run | $ms | $heads/8 | $([ "$intact" = 1 ] && echo intact || echo changed) |" >>"$REPORT"
+export VNZC_BLOCK="tc qdisc change dev vnzcd0 root plug block"
+export VNZC_RELEASE="tc qdisc change dev vnzcd0 root plug release_indefinite"
+for k in 1 64 128; do
+	for t in 1 10 100; do
+		out=$(timeout -k 5 600 "$BENCH" reset /dev/vhost-net-zc vnzctap "$k" "$t" "$ROUNDS" 2>&1)
+		printf '%s\n' "$out" | grep -v '^BENCH' | sed "s/^/# reset $k $t: /" >>"$RAW"
+		printf '%s\n' "$out" | grep '^BENCH' | sed "s/^/variant=zc-zc /" | tee -a "$RAW"
+	done
 done
-( sleep 3.8; stall_release ) &
-r=$("$STALL" /dev/vhost-net vnzctap 8 | sed -n 's/^RESULT //p')
-wait
-read -r _ ms heads intact <<<"$r"
-echo "| stock vhost-net | 1 | $ms | $heads/8 | $([ "$intact" = 1 ] && echo intact || echo changed) |" >>"$REPORT"
-stall_release
+load_variant stock-zc >/dev/null
+for k in 1 64 128; do
+	out=$(VNZC_WATCHDOG_MS=1000 timeout -k 5 600 "$BENCH" reset /dev/vhost-net vnzctap "$k" 0 3 2>&1)
+	printf '%s\n' "$out" | grep -v '^BENCH' | sed "s/^/# reset stock $k: /" >>"$RAW"
+	printf '%s\n' "$out" | grep '^BENCH' | sed "s/^/variant=stock-zc /" | tee -a "$RAW"
+done
+eval "$VNZC_RELEASE"
 stall_fixture_down
-{
-	echo
-	echo "Not measured yet: TX packets/s and Gbit/s at 64 B, 1500 B and 64 KiB, CPU per packet."
-} >>"$REPORT"
+rmmod vhost_net_zc
 dmesg >"$RESULTS/dmesg"
+echo "BENCH_DONE" >>"$RAW"

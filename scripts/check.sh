@@ -10,6 +10,9 @@ VNZC_TAG=check
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)
+# The nested QEMU guest's kernel: the benchmark variant (make guest-kernel).
+guest=$(VNZC_KVARIANT=bench vnzc_kdir)/arch/x86/boot/bzImage
+[ -f "$guest" ] || vnzc_log "no guest kernel at $guest: the QEMU test will be skipped"
 # Whole-suite bound: a hang in the kernel under test must fail the run, not stall it.
 limit=${VNZC_CHECK_TIMEOUT:-3000}
 
@@ -20,7 +23,7 @@ run_suite() {
 	# Through a pipe: QEMU reopens its stdout by path, which would truncate a log file
 	# the caller redirected this script's output to.
 	timeout -k 10 "$limit" bash "$VNZC_ROOT/scripts/vm.sh" "$kdir" \
-		"VNZC_INJECT_FAILURE=${VNZC_INJECT_FAILURE:-0} bash $VNZC_ROOT/selftests/run_vm.sh $1 $kdir" \
+		"VNZC_INJECT_FAILURE=${VNZC_INJECT_FAILURE:-0} VNZC_GUEST_KERNEL=$guest VNZC_QEMU_ARGS='${VNZC_QEMU_ARGS:-}' bash $VNZC_ROOT/selftests/run_vm.sh $1 $kdir" \
 		2>"$1/vm.stderr" | cat
 	vm_rc=${PIPESTATUS[0]}
 	set -e

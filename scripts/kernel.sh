@@ -3,7 +3,8 @@
 #
 # Fetch, configure and build the vhost-net-zc test kernel, cached outside the repository in
 # $VNZC_CACHE/kernel/<package version>-<config hash>/linux. A cached tree is reused as is;
-# prints the tree's path on stdout.
+# prints the tree's path on stdout. With VNZC_KVARIANT=bench, the benchmark kernel instead
+# (.config.bench over the fragment, no debug options), in <package version>-bench-<hash>.
 set -euo pipefail
 VNZC_TAG=kernel
 . "$(dirname "$0")/lib.sh"
@@ -56,7 +57,7 @@ check_config() {
 			grep -qE "^$sym=[ym]" "$kdir/.config" && { vnzc_log "config: $sym should be unset"; bad=1; }
 			;;
 		esac
-	done <"$VNZC_ROOT/.config.fragment"
+	done < <(vnzc_fragment)
 	[ "$bad" = 0 ] || vnzc_die "the fragment did not apply; see above"
 }
 
@@ -67,6 +68,12 @@ cd "$kdir"
 KCONFIG_ALLCONFIG="$VNZC_ROOT/.config.fragment" make -s LLVM=1 allnoconfig
 make -s LLVM=1 olddefconfig
 # <<< config recipe
+if [ -n "$VNZC_KVARIANT" ]; then
+	# The variant's fragment over the same base, in place of the test fragment.
+	vnzc_fragment >"$top/fragment"
+	KCONFIG_ALLCONFIG="$top/fragment" make -s LLVM=1 allnoconfig
+	make -s LLVM=1 olddefconfig
+fi
 check_config
 
 vnzc_log "building $key with $(nproc) jobs (a fresh build takes a while)"
@@ -79,9 +86,11 @@ echo $(( $(date +%s) - start )) >"$top/.build-seconds"
 vnzc_log "kernel built in $(cat "$top/.build-seconds") s"
 touch "$top/.built"
 
-# Keep the two newest built trees (a config change should not cost a rebuild to go back one
-# step), remove older ones and any half-built leftovers of earlier keys.
-(cd "$VNZC_CACHE/kernel" && ls -1dt -- */ 2>/dev/null | sed 's,/$,,' | tail -n +3 |
+# Keep the two newest built trees of this variant (a config change should not cost a rebuild
+# to go back one step), remove older ones and any half-built leftovers of earlier keys.
+(cd "$VNZC_CACHE/kernel" && ls -1dt -- */ 2>/dev/null | sed 's,/$,,' |
+	{ if [ -n "$VNZC_KVARIANT" ]; then grep -- "-$VNZC_KVARIANT-"; else grep -v -- '-bench-'; fi || true; } |
+	tail -n +3 |
 	while read -r old; do
 		[ "$old" = "$key" ] || { vnzc_log "pruning cached tree $old"; rm -rf -- "$old"; }
 	done)

@@ -39,3 +39,9 @@ if ! "$sphinx" -q -W --keep-going -C -D master_doc=index -D project=vhost-net-zc
 fi
 rm -rf "$out"
 vnzc_log "Documentation: Sphinx clean"
+# The libvirt sample against libvirt's own domain schema (scripts/setup-host.sh fetches it).
+if ! "$VNZC_CACHE/sphinx/bin/python" "$VNZC_ROOT/scripts/validate-libvirt.py" \
+	"$VNZC_CACHE/libvirt/usr/share/libvirt/schemas" "$VNZC_ROOT/samples/libvirt-interface.xml"; then
+	vnzc_die "samples/libvirt-interface.xml does not validate against libvirt's schema"
+fi
+vnzc_log "libvirt sample: valid"

@@ -118,6 +118,16 @@ install_sphinx() {
 		python3 -m venv "$venv"
 		"$venv/bin/pip" install --quiet sphinx
 	fi
+	# lxml, and libvirt's RELAX NG schemas (from Debian's libvirt0 package, unpacked, not
+	# installed): the libvirt sample is validated against them.
+	"$venv/bin/python" -c 'import lxml' 2>/dev/null || "$venv/bin/pip" install --quiet lxml
+	local lv=${VNZC_CACHE:-$HOME/.cache/vhost-net-zc}/libvirt
+	if [ ! -f "$lv/usr/share/libvirt/schemas/domain.rng" ]; then
+		log "libvirt's domain schema (apt-get download libvirt0)"
+		rm -rf "$lv" && mkdir -p "$lv/deb" && chmod 777 "$lv/deb"
+		(cd "$lv/deb" && apt-get download -q libvirt0 >/dev/null 2>&1)
+		dpkg -x "$lv"/deb/libvirt0_*.deb "$lv"
+	fi
 }
 
 start_udev() {

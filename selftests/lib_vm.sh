@@ -46,14 +46,16 @@ run_case() {
 	esac
 }
 
-# run_harness PROGRAM: a kselftest_harness program; each of its test cases becomes a test
-# point of ours, named PROGRAM:CASE. A program that dies before reporting every case it
-# planned adds a failed point.
+# run_harness PROGRAM [ARGS...]: a kselftest_harness program (or another that prints TAP);
+# each of its test cases becomes a test point of ours, named PROGRAM:CASE. A program that
+# dies before reporting every case it planned adds a failed point.
 run_harness() {
 	local prog=$1 out rc line planned=0 seen=0 base
+	shift
 	base=$(basename "$prog")
+	base=${base%.py}
 	out=$(mktemp)
-	timeout -k 5 "${VNZC_HARNESS_TIMEOUT:-300}" "$prog" >"$out" 2>&1
+	timeout -k 5 "${VNZC_HARNESS_TIMEOUT:-300}" "$prog" "$@" >"$out" 2>&1
 	rc=$?
 	while IFS= read -r line; do
 		case "$line" in
