@@ -232,7 +232,7 @@ if [ -f "${VNZC_GUEST_KERNEL:-}" ]; then
 	if stall_fixture_up && stall_release && ip addr add 10.77.0.1/24 dev vnzcbr; then
 		# shellcheck disable=SC2086 # the extra arguments are words
 		VNZC_HARNESS_TIMEOUT=${VNZC_QEMU_TIMEOUT:-2400} run_harness "$TESTS/vnzc_qemu.py" \
-			--kernel "$VNZC_GUEST_KERNEL" --work "$RESULTS/qemu" ${VNZC_QEMU_ARGS:-}
+			--kernel "$VNZC_GUEST_KERNEL" --keep "$RESULTS/qemu" ${VNZC_QEMU_ARGS:-}
 	else
 		ktap_result fail vnzc_qemu "the fixture could not be set up"
 	fi

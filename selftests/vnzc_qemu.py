@@ -255,6 +255,7 @@ class Vmm:
                                      stderr=subprocess.STDOUT)
         self.qmp = None
         self.boot = None
+        self.last_console = ""
 
     def connect_qmp(self, timeout=60):
         end = now() + timeout
@@ -315,9 +316,10 @@ class Vmm:
     def console(self):
         try:
             with open(self.serial, "rb") as f:
-                return f.read().decode(errors="replace")
-        except FileNotFoundError:
-            return ""
+                self.last_console = f.read().decode(errors="replace")
+        except OSError:
+            pass
+        return self.last_console
 
     def wait_line(self, prefix, count=1, timeout=600):
         """Waits for the count-th console line starting with prefix; returns it."""
@@ -504,7 +506,7 @@ def run_device(args, device, name, control, results):
         try:
             traffic(args, vmm, control)
             results.append((True, f"{name}.traffic", ""))
-        except TestFailure as e:
+        except (TestFailure, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
             results.append((False, f"{name}.traffic", str(e)))
         if vmm.boot is None or vmm.qmp is None:
             results.append((False, f"{name}.stall_reset", "the guest did not come up"))
@@ -512,7 +514,7 @@ def run_device(args, device, name, control, results):
         try:
             stall_reset(args, vmm, control, vmm.boot)
             results.append((True, f"{name}.stall_reset", ""))
-        except TestFailure as e:
+        except (TestFailure, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
             results.append((False, f"{name}.stall_reset", str(e)))
     finally:
         control.say("wait")
@@ -558,7 +560,10 @@ def main():
                     help="seconds a blocked reset waits before the plug is released")
     ap.add_argument("--boot-timeout", type=float, default=900)
     ap.add_argument("--bulk-timeout", type=float, default=900)
-    ap.add_argument("--work", default="/tmp/vnzc-qemu")
+    ap.add_argument("--work", default="/tmp/vnzc-qemu",
+                    help="QEMU's files: serial logs, QMP sockets, the initramfs; keep it "
+                    "on a local file system (a 9p share fails reads of a growing file)")
+    ap.add_argument("--keep", help="copy the serial logs here at the end")
     ap.add_argument("--qemu", default="qemu-system-x86_64")
     ap.add_argument("--busybox", default="/bin/busybox")
     ap.add_argument("--exec", default=os.path.join(here, "../samples/vhost-net-zc-exec"))
@@ -579,6 +584,11 @@ def main():
             run_device(args, path, d, control, results)
     finally:
         control.close()
+        if args.keep:
+            os.makedirs(args.keep, exist_ok=True)
+            for f in os.listdir(args.work):
+                if f.startswith("serial-"):
+                    shutil.copy(os.path.join(args.work, f), args.keep)
     for i, (ok, name, why) in enumerate(results, 1):
         print(f"{'ok' if ok else 'not ok'} {i} {name}{' # ' + why if why else ''}", flush=True)
     return 0 if all(ok for ok, _, _ in results) else 1
