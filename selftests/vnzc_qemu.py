@@ -113,45 +113,41 @@ class Transfer:
         self.seconds = None
         self.error = None
         self.sock = socket.create_server((HOST_IP, port))
-        self.thread = threading.Thread(target=self._send if send else self._recv, daemon=True)
+        self.thread = threading.Thread(target=self._serve,
+                                       args=(self._send if send else self._recv,),
+                                       daemon=True)
         self.thread.start()
 
-    def _recv(self):
+    def _serve(self, transfer):
+        """Accepts the guest's one connection and times `transfer` over it."""
         try:
             conn, _ = self.sock.accept()
             with conn:
                 conn.settimeout(600)
-                h = hashlib.md5()
                 t0 = now()
-                while self.got < self.size:
-                    chunk = conn.recv(min(1 << 20, self.size - self.got))
-                    if not chunk:
-                        break
-                    h.update(chunk)
-                    self.got += len(chunk)
+                transfer(conn)
                 self.seconds = now() - t0
-                self.md5 = h.hexdigest()
         except OSError as e:
             self.error = e
         finally:
             self.sock.close()
 
-    def _send(self):
-        try:
-            conn, _ = self.sock.accept()
-            with conn:
-                conn.settimeout(600)
-                t0 = now()
-                conn.sendall(self.data)
-                conn.shutdown(socket.SHUT_WR)
-                while conn.recv(4096):
-                    pass
-                self.seconds = now() - t0
-                self.got = self.size
-        except OSError as e:
-            self.error = e
-        finally:
-            self.sock.close()
+    def _recv(self, conn):
+        h = hashlib.md5()
+        while self.got < self.size:
+            chunk = conn.recv(min(1 << 20, self.size - self.got))
+            if not chunk:
+                break
+            h.update(chunk)
+            self.got += len(chunk)
+        self.md5 = h.hexdigest()
+
+    def _send(self, conn):
+        conn.sendall(self.data)
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(4096):
+            pass
+        self.got = self.size
 
     def wait(self, timeout):
         self.thread.join(timeout)
@@ -391,7 +387,7 @@ def traffic(args, vmm, control):
     tx = Transfer(5002, size, send=True)
     try:
         control.say(f"traffic {args.bulk_mib}")
-        return bulk(args, vmm, size, rx, tx, boot)
+        bulk(args, vmm, size, rx, tx, boot)
     finally:
         rx.close()
         tx.close()
@@ -419,7 +415,6 @@ def bulk(args, vmm, size, rx, tx, boot):
     if vmm.device.endswith("-zc"):
         diag(f"{vmm.name}: counters " + ", ".join(f"{k} {v}" for k, v in stats.items()))
         check(stats.get("sent_zerocopy", 0) > 0, "no buffer was sent zero-copy")
-    return boot
 
 
 def stall_reset(args, vmm, control, boot):
