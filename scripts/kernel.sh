@@ -33,7 +33,7 @@ fetch_source() {
 		(cd "$dl" && chmod 777 . && apt-get download -q "$VNZC_KPKG=$ver" >/dev/null)
 		deb=$(ls "$dl"/"${VNZC_KPKG}"_*_all.deb | head -n 1)
 	fi
-	rm -rf "$top/pkg" "$kdir"
+	rm -rf "$top/pkg" "$kdir" "$top/.patched"
 	dpkg -x "$deb" "$top/pkg"
 	vnzc_log "unpacking the source"
 	mkdir -p "$kdir"
@@ -62,6 +62,16 @@ check_config() {
 }
 
 [ -f "$kdir/Makefile" ] || fetch_source
+
+# The kernel patches the project carries (patches/, part of the cache key), applied once.
+if [ ! -f "$top/.patched" ]; then
+	for p in "$VNZC_ROOT"/patches/*.patch; do
+		[ -e "$p" ] || continue
+		vnzc_log "applying $(basename "$p")"
+		patch -d "$kdir" -p1 -s -N <"$p" || vnzc_die "$(basename "$p") does not apply to $VNZC_KPKG"
+	done
+	touch "$top/.patched"
+fi
 
 cd "$kdir"
 # >>> config recipe (part of the cache key)

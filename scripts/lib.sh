@@ -43,15 +43,16 @@ vnzc_fragment() {
 }
 
 # The cache key of a kernel build: the source package version, the config fragment, the
-# base-config recipe in scripts/kernel.sh, and the exact rustc (a module must be built by the
-# very rustc its kernel was built with). The benchmark kernel's key also covers its own
-# lines and is named <version>-bench-<hash>.
+# base-config recipe in scripts/kernel.sh, the kernel patches in patches/, and the exact
+# rustc (a module must be built by the very rustc its kernel was built with). The
+# benchmark kernel's key also covers its own lines and is named <version>-bench-<hash>.
 vnzc_kernel_key() {
 	local ver sum
 	ver=$(apt-cache policy "$VNZC_KPKG" 2>/dev/null | awk '/Candidate:/ {print $2}')
 	[ -n "$ver" ] && [ "$ver" != "(none)" ] || vnzc_die "no candidate for $VNZC_KPKG (run scripts/setup-host.sh)"
 	sum=$( { cat "$VNZC_ROOT/.config.fragment"
 		 sed -n '/^# >>> config recipe/,/^# <<< config recipe/p' "$VNZC_ROOT/scripts/kernel.sh"
+		 cat "$VNZC_ROOT"/patches/*.patch 2>/dev/null
 		 rustc --version --verbose; bindgen --version; clang --version | head -n 1
 		 [ -z "$VNZC_KVARIANT" ] || cat "$VNZC_ROOT/.config.$VNZC_KVARIANT"; } |
 	       sha256sum | cut -c1-12)
