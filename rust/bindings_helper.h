@@ -38,3 +38,7 @@ const unsigned int VNZC_GET_TIMEOUT = VHOST_NET_ZC_GET_TIMEOUT;
 const unsigned int VNZC_SET_RECLAIM = VHOST_NET_ZC_SET_RECLAIM;
 const unsigned int VNZC_VM_RESET = VHOST_NET_ZC_VM_RESET;
 const unsigned int VNZC_GET_STATS = VHOST_NET_ZC_GET_STATS;
+/* The struct grows at its end; a VMM built against an older header asks for less of it. */
+const unsigned int VNZC_STATS_V1_SIZE = offsetof(struct vhost_net_zc_stats, offline_pinned);
+const unsigned int VNZC_GET_STATS_V1 = _IOC(_IOC_READ, VHOST_NET_ZC_IOC_TYPE, 0x04,
+					    offsetof(struct vhost_net_zc_stats, offline_pinned));

@@ -15,6 +15,7 @@
 #include <linux/if_tun.h>
 #include <linux/ptr_ring.h>
 #include <linux/skb_array.h>
+#include <linux/userfaultfd_k.h>
 #include <net/xdp.h>
 #include <net/sock.h>
 
@@ -192,6 +193,12 @@ void vnzc_mmap_write_lock(struct mm_struct *mm)
 	mmap_write_lock(mm);
 }
 
+/* 0, or -EINTR if a fatal signal came first. */
+int vnzc_mmap_write_lock_killable(struct mm_struct *mm)
+{
+	return mmap_write_lock_killable(mm);
+}
+
 void vnzc_mmap_write_unlock(struct mm_struct *mm)
 {
 	mmap_write_unlock(mm);
@@ -262,4 +269,61 @@ bool vnzc_current_mm_is(struct mm_struct *mm)
 bool vnzc_current_exiting(void)
 {
 	return current->flags & PF_EXITING;
+}
+
+/*
+ * Whether this kernel has vma_share_anon_page() (patches/ of this project): Kbuild defines
+ * VNZC_HAVE_SHARE_ANON_PAGE when include/linux/mm.h declares it.
+ */
+bool vnzc_have_share_anon_page(void)
+{
+	return IS_ENABLED(VNZC_HAVE_SHARE_ANON_PAGE);
+}
+
+/* vma_share_anon_page(), or -ENOSYS on a kernel without it. */
+int vnzc_share_anon_page(struct vm_area_struct *vma, unsigned long addr, struct page *expected)
+{
+#ifdef VNZC_HAVE_SHARE_ANON_PAGE
+	return vma_share_anon_page(vma, addr, expected);
+#else
+	return -ENOSYS;
+#endif
+}
+
+/*
+ * The pages mapped at the @nr pages from @start in the current mm, into @pages (without
+ * references: the caller only compares them later, while another holder keeps them).
+ * Returns how many of the first pages could be looked up without faulting or sleeping.
+ */
+int vnzc_lookup_pages(unsigned long start, int nr, struct page **pages)
+{
+	int got = get_user_pages_fast_only(start, nr, 0, pages);
+
+	for (int i = 0; i < got; i++)
+		put_page(pages[i]);
+	return got;
+}
+
+/* Free huge pages of @vma's size not promised to a reservation. */
+long vnzc_hugetlb_available(struct vm_area_struct *vma)
+{
+#ifdef CONFIG_HUGETLB_PAGE
+	struct hstate *h = hstate_vma(vma);
+
+	return (long)READ_ONCE(h->free_huge_pages) - (long)READ_ONCE(h->resv_huge_pages);
+#else
+	return 0;
+#endif
+}
+
+/* Whether userfaultfd handles faults on @vma (the caller holds the mmap lock). */
+bool vnzc_vma_uffd_armed(struct vm_area_struct *vma)
+{
+	return userfaultfd_armed(vma);
+}
+
+/* Whether @page's folio may be pinned for DMA (FOLL_PIN: VFIO, io_uring, RDMA, O_DIRECT). */
+bool vnzc_page_maybe_dma_pinned(struct page *page)
+{
+	return folio_maybe_dma_pinned(page_folio(page));
 }

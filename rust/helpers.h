@@ -39,6 +39,7 @@ int vnzc_ring_entry_len(void *ptr);
 u64 vnzc_busy_clock(void);
 bool vnzc_can_busy_poll(u64 endtime);
 void vnzc_mmap_write_lock(struct mm_struct *mm);
+int vnzc_mmap_write_lock_killable(struct mm_struct *mm);
 void vnzc_mmap_write_unlock(struct mm_struct *mm);
 void vnzc_vma_start_write(struct vm_area_struct *vma);
 unsigned long vnzc_vma_pagesize(struct vm_area_struct *vma);
@@ -51,5 +52,11 @@ struct file *vnzc_vma_get_file(struct vm_area_struct *vma);
 int vnzc_punch_hole(struct file *file, s64 offset, s64 len);
 bool vnzc_current_mm_is(struct mm_struct *mm);
 bool vnzc_current_exiting(void);
+bool vnzc_have_share_anon_page(void);
+int vnzc_share_anon_page(struct vm_area_struct *vma, unsigned long addr, struct page *expected);
+int vnzc_lookup_pages(unsigned long start, int nr, struct page **pages);
+long vnzc_hugetlb_available(struct vm_area_struct *vma);
+bool vnzc_vma_uffd_armed(struct vm_area_struct *vma);
+bool vnzc_page_maybe_dma_pinned(struct page *page);
 
 #endif /* _VNZC_HELPERS_H */

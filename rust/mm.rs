@@ -38,12 +38,64 @@ pub(crate) struct MmapWriteGuard<'a> {
     mm: &'a MmWithUser,
 }
 
-/// Takes `mm`'s mmap lock for write. Lock order: after the virtqueue and device mutexes.
-pub(crate) fn mmap_write_lock(mm: &MmWithUser) -> MmapWriteGuard<'_> {
+/// Takes `mm`'s mmap lock for write, unless a fatal signal comes first. Lock order: after
+/// the virtqueue, device and ledger mutexes.
+///
+/// # Errors
+///
+/// `EINTR` if the caller was killed while it waited.
+pub(crate) fn mmap_write_lock(mm: &MmWithUser) -> Result<MmapWriteGuard<'_>> {
     // SAFETY: `mm` has a user reference, so its mmap lock is initialised and alive.
-    unsafe { bindings::vnzc_mmap_write_lock(mm.as_raw()) };
+    kernel::error::to_result(unsafe { bindings::vnzc_mmap_write_lock_killable(mm.as_raw()) })?;
     // INVARIANT: the lock was just taken for write.
-    MmapWriteGuard { mm }
+    Ok(MmapWriteGuard { mm })
+}
+
+/// Whether this kernel can make a page copy-on-write in place
+/// ([`MmapWriteGuard::share_page`]): `vma_share_anon_page()`, from the kernel patch the
+/// project carries (`patches/`).
+pub(crate) fn can_share_pages() -> bool {
+    // SAFETY: Reads a build-time constant.
+    unsafe { bindings::vnzc_have_share_anon_page() }
+}
+
+/// The identity of a page: what [`lookup_pages`] records and [`MmapWriteGuard::share_page`]
+/// compares. Not a reference: it says nothing once the page's last holder let it go.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PageId(usize);
+
+impl PageId {
+    /// No page.
+    pub(crate) const NONE: PageId = PageId(0);
+}
+
+/// Most pages [`lookup_pages`] looks up in one call.
+pub(crate) const LOOKUP_BATCH: usize = 16;
+
+/// Looks up, without faulting, the pages mapped at the `out.len()` (at most
+/// [`LOOKUP_BATCH`]) consecutive pages from `start` (page-aligned) in the current task's
+/// address space.
+///
+/// # Errors
+///
+/// `EFAULT` if some page is not mapped (or cannot be looked up without sleeping),
+/// `EINVAL` if `out` is longer than [`LOOKUP_BATCH`].
+pub(crate) fn lookup_pages(start: usize, out: &mut [PageId]) -> Result {
+    let mut pages = [core::ptr::null_mut::<kb::page>(); LOOKUP_BATCH];
+    let nr = out.len();
+    if nr > LOOKUP_BATCH {
+        return Err(EINVAL);
+    }
+    // SAFETY: `pages` has room for `nr <= LOOKUP_BATCH` pointers; the helper drops the
+    // references it takes.
+    let got = unsafe { bindings::vnzc_lookup_pages(start, nr as i32, pages.as_mut_ptr().cast()) };
+    if usize::try_from(got).ok() != Some(nr) {
+        return Err(EFAULT);
+    }
+    for (id, page) in out.iter_mut().zip(pages) {
+        *id = PageId(page as usize);
+    }
+    Ok(())
 }
 
 impl MmapWriteGuard<'_> {
@@ -65,6 +117,29 @@ impl MmapWriteGuard<'_> {
         // SAFETY: `vma` belongs to this mm (found by `vma()` under this guard's lock), whose
         // mmap lock is held for write, as `vma_start_write()` requires.
         unsafe { bindings::vnzc_vma_start_write(vma.as_ptr()) };
+    }
+
+    /// Makes the anonymous page mapped at `addr` of `vma` copy-on-write in place: it stays
+    /// mapped, read-only and possibly shared, so readers keep seeing its bytes and the next
+    /// write, by anyone, gives the writer a copy (the kernel's own copy-on-write, atomic
+    /// against every other access). A holder of a reference to the page never sees a later
+    /// write. KVM and other secondary MMUs are invalidated around the change.
+    ///
+    /// # Errors
+    ///
+    /// - `ESTALE`: the page mapped there is not `expected`; `EFAULT`: none is;
+    /// - `EBUSY`: the page may be pinned for DMA;
+    /// - `EOPNOTSUPP`: shared, hugetlb, userfaultfd-armed, `VM_IO` or `VM_PFNMAP` memory;
+    /// - `EAGAIN`: the page is in transit (migration, swap);
+    /// - `ENOSYS`: the kernel lacks the primitive ([`can_share_pages`]).
+    ///
+    /// Nothing is changed when it fails.
+    pub(crate) fn share_page(&self, vma: &VmaRef, addr: usize, expected: PageId) -> Result {
+        // SAFETY: `vma` belongs to this mm (found by `vma()` under this guard's lock), whose
+        // mmap lock is held for write, as the call requires; `expected` is only compared.
+        kernel::error::to_result(unsafe {
+            bindings::vnzc_share_anon_page(vma.as_ptr(), addr, expected.0 as *mut kb::page)
+        })
     }
 
     /// The page mapped at `addr`, faulted in if needed: for writing if `write` (a fresh
@@ -101,11 +176,23 @@ impl Drop for MmapWriteGuard<'_> {
 pub(crate) struct UserPage(NonNull<kb::page>);
 
 impl UserPage {
+    /// The page's identity.
+    pub(crate) fn id(&self) -> PageId {
+        PageId(self.0.as_ptr() as usize)
+    }
+
     /// Copies `from`'s bytes into this page.
     pub(crate) fn copy_from(&self, from: &UserPage) {
         // SAFETY: Both pages are referenced (type invariant); the copy maps each one
         // temporarily.
         unsafe { bindings::vnzc_copy_page(self.0.as_ptr(), from.0.as_ptr()) };
+    }
+
+    /// Whether the page may be pinned for DMA: a device may write it behind the page
+    /// tables' back, so replacing it would lose those writes.
+    pub(crate) fn maybe_dma_pinned(&self) -> bool {
+        // SAFETY: The page is referenced (type invariant).
+        unsafe { bindings::vnzc_page_maybe_dma_pinned(self.0.as_ptr()) }
     }
 
     /// Fills the page with zeros.
@@ -156,4 +243,19 @@ pub(crate) fn punch_hole(file: &File, offset: i64, len: usize) -> Result {
     let len = i64::try_from(len).map_err(|_| EINVAL)?;
     // SAFETY: `file` is a valid, referenced file.
     kernel::error::to_result(unsafe { bindings::vnzc_punch_hole(file.as_ptr(), offset, len) })
+}
+
+/// Free huge pages of the size mapping `vma` that no reservation has promised: how many a
+/// refill of zapped hugetlb pages could take right now.
+pub(crate) fn hugetlb_available(vma: &VmaRef) -> usize {
+    // SAFETY: `vma` is valid while borrowed (the mmap lock is held by whoever lent it).
+    let n = unsafe { bindings::vnzc_hugetlb_available(vma.as_ptr()) };
+    usize::try_from(n).unwrap_or(0)
+}
+
+/// Whether userfaultfd handles the faults of `vma`: a fault there, such as the refill after
+/// a zap, would wait for a userspace handler or fail.
+pub(crate) fn uffd_armed(vma: &VmaRef) -> bool {
+    // SAFETY: `vma` is valid while borrowed (the mmap lock is held by whoever lent it).
+    unsafe { bindings::vnzc_vma_uffd_armed(vma.as_ptr()) }
 }

@@ -35,7 +35,9 @@ use kernel::{
 use crate::{
     offline::{
         self,
+        BufPage,
         Mode,
+        Offliner,
         Range, //
     },
     socket::Socket,
@@ -56,6 +58,7 @@ use crate::{
         PoolRef,
         SlotSet,
         StatsRef,
+        MAX_PAGES,
         MAX_RANGES, //
     },
 };
@@ -200,8 +203,9 @@ fn settle_tx(dev: &DevGuard<'_, NetState, NVQS>) {
     ledger.record_reset_wait(zerocopy::now() - start);
 }
 
-/// Offlines the buffers `victims` in `mode` and, if `vq` is given, returns their heads.
-/// Returns how many could not be offlined (they stay in flight).
+/// Offlines the buffers `victims` in `mode`, all under one mmap lock, and, if `vq` is
+/// given, returns their heads. Returns how many could not be offlined (they stay in
+/// flight).
 fn offline_and_return(
     vq: Option<&NetVq<'_>>,
     ledger: &mut Ledger,
@@ -212,34 +216,47 @@ fn offline_and_return(
     let mut heads = [0u16; zerocopy::MAX_PEND];
     let (mut n, mut refused) = (0, 0);
     let mut last_err = None;
-    for index in victims.iter() {
-        match offline::offline(mm, ledger.ranges(index), mode) {
-            Ok(pages) => {
-                heads[n] = ledger.offlined(index, pages);
-                vhost::debug(
-                    c"TX: offlined a zero-copy buffer (head, pages)",
-                    heads[n],
-                    pages,
-                );
-                n += 1;
+    match Offliner::new(mm) {
+        Ok(mut offliner) => {
+            for index in victims.iter() {
+                match offliner.offline(ledger.pages(index), mode) {
+                    Ok(out) => {
+                        ledger.skipped_pages(out.skipped);
+                        heads[n] = ledger.offlined(index, out.offlined);
+                        vhost::debug(
+                            c"TX: offlined a zero-copy buffer (head, pages)",
+                            heads[n],
+                            out.offlined,
+                        );
+                        n += 1;
+                    }
+                    Err(e) => {
+                        ledger.refused(index, e == EBUSY);
+                        last_err = Some(e);
+                        refused += 1;
+                    }
+                }
             }
-            Err(e) => {
-                ledger.refused(index);
+            if let Err(e) = offliner.finish() {
                 last_err = Some(e);
-                refused += 1;
             }
         }
+        // Killed while waiting for the lock: the buffers stay in flight, not refused.
+        Err(_) => refused = victims.iter().count(),
     }
     if let Some(e) = last_err {
-        pr_warn!(
-            "{} zero-copy TX buffers could not be offlined in {} mode (errno {}: memory shared with a file, not writable, or not pages); they stay in flight until the network stack frees them\n",
-            refused,
-            match mode {
-                Mode::Preserve => "preserve",
-                Mode::Discard => "discard",
-            },
-            e.to_errno()
-        );
+        if crate::ratelimit(&OFFLINE_WARNED) {
+            pr_warn!(
+                "{} zero-copy TX buffers could not be offlined in {} mode (errno {}: {}); they stay in flight until the network stack frees them\n",
+                refused,
+                match mode {
+                    Mode::Preserve => "preserve",
+                    Mode::Discard => "discard",
+                },
+                e.to_errno(),
+                refusal(e),
+            );
+        }
     }
     if let Some(vq) = vq {
         if n != 0 {
@@ -247,6 +264,22 @@ fn offline_and_return(
         }
     }
     refused
+}
+
+/// When the last warning about refused buffers was printed (see [`crate::ratelimit`]).
+static OFFLINE_WARNED: Atomic<i64> = Atomic::new(i64::MIN);
+
+/// What an offline's errno means, for the log.
+fn refusal(e: Error) -> &'static str {
+    if e == EBUSY {
+        "a page may be pinned for DMA"
+    } else if e == ENOMEM {
+        "no free huge page for the copy"
+    } else if e == EOPNOTSUPP {
+        "memory shared with a file, not writable, userfaultfd-registered, or not pages"
+    } else {
+        "the page could not be replaced"
+    }
 }
 
 /// Busy polling (`VHOST_SET_VRING_BUSYLOOP_TIMEOUT`), as vhost-net does it: the handler of
@@ -513,11 +546,10 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             break;
         };
         let slot = if zerocopy && payload >= threshold && ledger.worth_zerocopy() {
-            let mut ranges = [Range::default(); MAX_RANGES];
-            let n = buffer_ranges(iov, hdr, &mut ranges);
-            u16::try_from(chain.head).ok().and_then(|head| {
-                n.and_then(|n| pool.reserve(&mut ledger, head, limit, &ranges[..n]))
-            })
+            let mut pages = [BufPage::default(); MAX_PAGES];
+            let head = u16::try_from(chain.head).ok();
+            buffer_pages(iov, hdr, &mut pages)
+                .and_then(|n| pool.reserve(&mut ledger, head?, limit, pages.get(..n)?))
         } else {
             None
         };
@@ -565,6 +597,21 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     }
     // Completions that came while sending (the socket may complete at once).
     return_completed(vq, pool, &mut ledger);
+}
+
+/// The base pages of the buffer `iov` past its first `skip` bytes (the header vhost
+/// consumes), with the page mapped at each ([`offline::record`]), into `out`; `None` if
+/// they are more than `out` holds or some page is not mapped (the buffer is then copied).
+fn buffer_pages(
+    iov: &[kernel::bindings::iovec],
+    skip: usize,
+    out: &mut [BufPage; MAX_PAGES],
+) -> Option<usize> {
+    let mut ranges = [Range::default(); MAX_RANGES];
+    let n = buffer_ranges(iov, skip, &mut ranges)?;
+    let n = offline::pages_of(ranges.get(..n)?, out).ok()?;
+    offline::record(out.get_mut(..n)?).ok()?;
+    Some(n)
 }
 
 /// The address ranges of the buffer `iov` past its first `skip` bytes (the header vhost
@@ -847,8 +894,9 @@ impl VhostNetZc {
         Ok(0)
     }
 
-    /// `VHOST_NET_ZC_GET_STATS`.
-    fn get_stats(&self, arg: UserPtr) -> Result<isize> {
+    /// `VHOST_NET_ZC_GET_STATS`: the first `len` bytes of the counters (the command of an
+    /// older header asks for fewer).
+    fn get_stats(&self, arg: UserPtr, len: usize) -> Result<isize> {
         let pool = &self.vhost.data().tx;
         let ledger = pool.ledger();
         let s = ledger.stats();
@@ -869,11 +917,14 @@ impl VhostNetZc {
             max_reset_wait_ns: s.max_reset_wait,
             timeout_ms: ledger.timeout_ms(),
             reclaim: u32::from(ledger.reclaim()),
+            offline_pinned: s.offline_pinned,
+            offline_skipped_pages: s.offline_skipped_pages,
         });
         drop(ledger);
-        UserSlice::new(arg, size_of::<uapi::Stats>())
+        let bytes = kernel::transmute::AsBytes::as_bytes(&out);
+        UserSlice::new(arg, len)
             .writer()
-            .write(&out)?;
+            .write_slice(bytes.get(..len).ok_or(EINVAL)?)?;
         Ok(0)
     }
 
@@ -921,7 +972,8 @@ impl MiscDevice for VhostNetZc {
             }
             uapi::VHOST_NET_ZC_SET_RECLAIM => me.set_reclaim(arg),
             uapi::VHOST_NET_ZC_VM_RESET => me.vm_reset(arg),
-            uapi::VHOST_NET_ZC_GET_STATS => me.get_stats(arg),
+            uapi::VHOST_NET_ZC_GET_STATS => me.get_stats(arg, size_of::<uapi::Stats>()),
+            uapi::VHOST_NET_ZC_GET_STATS_V1 => me.get_stats(arg, uapi::STATS_V1_SIZE),
             _ => me.vhost.lock().generic_ioctl(cmd, arg),
         }
     }

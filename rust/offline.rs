@@ -3,22 +3,36 @@
 //! Offlining: detaching from the VMM's address space the guest pages that a zero-copy skb in
 //! flight still holds, so the guest can have its buffer back before the skb is freed.
 //!
-//! A zero-copy buffer is a list of host virtual address ranges in the owner's mm (vhost has
-//! translated the guest's addresses). Offlining works on the base pages (huge pages: the
-//! whole huge page) that contain them, with the mmap lock held for write and each VMA
-//! write-locked, so no fault on them completes meanwhile:
-//! - private memory (anonymous, QEMU's default, or a private file mapping): the range is
-//!   zapped (the old pages stay with the skb; KVM's MMU notifier drops the guest's
-//!   mapping), then each page is faulted in afresh for writing and filled, before the lock
-//!   is dropped: in [`Mode::Preserve`] with a copy of the old page, in [`Mode::Discard`]
-//!   with zeros (anonymous memory needs no fill: a fresh anonymous page is zeroed);
+//! A zero-copy buffer is recorded at send time as the list of its base pages: the address
+//! of each in the owner's mm and the identity of the page mapped there ([`BufPage`]), which
+//! is the page the skb holds. An [`Offliner`] holds the owner's mmap lock for write (taken
+//! killably) for all the buffers of one reset, and offlines each one page by page:
+//!
+//! - private memory, [`Mode::Preserve`], on a kernel with `vma_share_anon_page()` (the
+//!   patch the project carries, [`mm::can_share_pages`]): the page is made copy-on-write
+//!   in place. It stays mapped, read-only and shared with the skb, so every reader sees its
+//!   last written bytes; the first write to it, by a vCPU, a VMM thread or a GUP user,
+//!   takes the kernel's own copy-on-write path, which copies the page and swaps the copy
+//!   in atomically. No fresh page is needed at reset time, so nothing can fail for want
+//!   of one, and a page the guest never writes again is never copied. Pages that may be
+//!   pinned for DMA are refused;
+//! - private memory otherwise (hugetlb pages, which must be copied whole from a pool that
+//!   may be empty, and kernels without the patch): the page is zapped, then faulted in
+//!   afresh and filled before the lock is dropped: with a copy of the old page in
+//!   [`Mode::Preserve`], with zeros in [`Mode::Discard`] (anonymous memory needs no fill).
+//!   A thread that reaches the fresh page through its own page-table walk between the
+//!   fault and the fill can see zeros or lose a write: this is the weaker guarantee of
+//!   those cases. Hugetlb pages are refused when the pool has no page for the refill;
 //! - shared memory (memfd, shmem, hugetlbfs shared): the page cache holds the very pages
 //!   the skb holds, so there is no fresh page to give in [`Mode::Preserve`], which is
 //!   refused; [`Mode::Discard`] punches a hole in the file (after the lock is dropped);
 //! - `VM_IO`/`VM_PFNMAP` memory has no pages the skb could hold: refused.
 //!
-//! Every range of a buffer is checked before any is touched, so a refused buffer is left
-//! as it was.
+//! A page no longer mapped where it was sent from (the VMM unmapped or remapped that
+//! memory since) is not the guest's any more: it is skipped, and counted. Every page of a
+//! buffer is checked before any is changed, so a buffer refused for its kind of memory is
+//! left as it was; one refused half way (a DMA pin found by the in-place change) keeps the
+//! pages already made copy-on-write so, which changes no byte the guest sees.
 
 use kernel::{
     fs::File,
@@ -36,13 +50,15 @@ use kernel::{
 use crate::mm::{
     self,
     MmapWriteGuard,
+    PageId,
     PAGE_SIZE, //
 };
 
 /// What the guest sees where an offlined buffer was.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// The same bytes, on fresh pages: for a device reset, the guest lives on.
+    /// The same bytes, on pages the skb no longer shares: for a device reset, the guest
+    /// lives on.
     Preserve,
     /// Zeros: for a VM reset, the guest's memory is about to be rewritten anyway.
     Discard,
@@ -57,87 +73,90 @@ pub(crate) struct Range {
     pub(crate) len: usize,
 }
 
-/// Most page spans one buffer may need: a zero-copy chain has at most
-/// [`crate::zerocopy::MAX_RANGES`] ranges, each one span.
-const MAX_SPANS: usize = crate::zerocopy::MAX_RANGES;
+/// One base page of a buffer in flight.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct BufPage {
+    /// Its page-aligned address in the owner's mm.
+    pub(crate) addr: usize,
+    /// The page mapped there when the buffer was sent: the one the skb holds.
+    pub(crate) page: PageId,
+}
 
-/// The base pages that contain `ranges`, as sorted, disjoint `[start, end)` spans.
-fn spans(ranges: &[Range], out: &mut [(usize, usize); MAX_SPANS]) -> Result<usize> {
+/// The distinct base pages that contain `ranges`, in the order the ranges name them, into
+/// `out`. Returns how many there are.
+///
+/// # Errors
+///
+/// `EFAULT` if a range wraps around the address space, `E2BIG` if `out` is too short.
+pub(crate) fn pages_of(ranges: &[Range], out: &mut [BufPage]) -> Result<usize> {
     let mut n = 0;
     for r in ranges.iter().filter(|r| r.len != 0) {
-        let end = r.addr.checked_add(r.len).ok_or(EFAULT)?;
-        let start = r.addr & !(PAGE_SIZE - 1);
-        let end = end.checked_next_multiple_of(PAGE_SIZE).ok_or(EFAULT)?;
-        if n == MAX_SPANS {
-            return Err(E2BIG);
-        }
-        // Insertion sort: a handful of ranges.
-        let mut i = n;
-        while i > 0 && out[i - 1].0 > start {
-            out[i] = out[i - 1];
-            i -= 1;
-        }
-        out[i] = (start, end);
-        n += 1;
-    }
-    // Merge overlapping and adjacent spans.
-    let mut merged = 0;
-    for i in 0..n {
-        let (start, end) = out[i];
-        if merged > 0 && start <= out[merged - 1].1 {
-            out[merged - 1].1 = out[merged - 1].1.max(end);
-        } else {
-            out[merged] = (start, end);
-            merged += 1;
-        }
-    }
-    Ok(merged)
-}
-
-/// The piece of a span that one VMA maps, widened to whole pages of the VMA's page size.
-struct Piece<'a> {
-    vma: &'a VmaRef,
-    start: usize,
-    end: usize,
-    page: usize,
-}
-
-/// Calls `f` on each piece of the spans that some VMA maps, in address order. Addresses no
-/// VMA maps are skipped: the guest cannot see them, so there is nothing to offline.
-fn for_each_piece(
-    lock: &MmapWriteGuard<'_>,
-    spans: &[(usize, usize)],
-    mut f: impl FnMut(Piece<'_>) -> Result,
-) -> Result {
-    for &(start, end) in spans {
-        let mut addr = start;
+        let end = r
+            .addr
+            .checked_add(r.len)
+            .and_then(|e| e.checked_next_multiple_of(PAGE_SIZE))
+            .ok_or(EFAULT)?;
+        let mut addr = r.addr & !(PAGE_SIZE - 1);
         while addr < end {
-            let Some(vma) = lock.vma(addr) else {
-                addr += PAGE_SIZE;
-                continue;
-            };
-            let page = mm::page_size(vma);
-            let lo = (addr & !(page - 1)).max(vma.start());
-            let hi = end
-                .checked_next_multiple_of(page)
-                .unwrap_or(usize::MAX)
-                .min(vma.end());
-            f(Piece {
-                vma,
-                start: lo,
-                end: hi,
-                page,
-            })?;
-            addr = hi;
+            let seen = out.get(..n).unwrap_or(&[]).iter().any(|p| p.addr == addr);
+            if !seen {
+                *out.get_mut(n).ok_or(E2BIG)? = BufPage {
+                    addr,
+                    page: PageId::NONE,
+                };
+                n += 1;
+            }
+            addr += PAGE_SIZE;
         }
+    }
+    Ok(n)
+}
+
+/// Records in `pages` (from [`pages_of`]) the page mapped at each address in the current
+/// task's address space (the owner's: this runs in its worker), right before the buffer is
+/// handed to the socket, which takes its own references to the same pages. (A VMM thread
+/// that remaps the buffer's memory between the two lookups makes the record name a page
+/// the skb does not hold: a reset then offlines that page for nothing, harmlessly.)
+///
+/// # Errors
+///
+/// `EFAULT` if some page is not mapped: the buffer cannot be checked at reset time, so the
+/// caller sends it by copy.
+pub(crate) fn record(mut pages: &mut [BufPage]) -> Result {
+    while !pages.is_empty() {
+        // A run of consecutive pages, looked up at once.
+        let start = pages.first().map_or(0, |p| p.addr);
+        let run = pages
+            .iter()
+            .take(mm::LOOKUP_BATCH)
+            .enumerate()
+            .take_while(|(i, p)| p.addr == start.wrapping_add(i * PAGE_SIZE))
+            .count();
+        let mut ids = [PageId::NONE; mm::LOOKUP_BATCH];
+        let ids = ids.get_mut(..run).ok_or(EINVAL)?;
+        mm::lookup_pages(start, ids)?;
+        let (head, rest) = core::mem::take(&mut pages).split_at_mut(run);
+        for (p, id) in head.iter_mut().zip(ids.iter()) {
+            p.page = *id;
+        }
+        pages = rest;
     }
     Ok(())
+}
+
+/// What offlining one buffer did.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Outcome {
+    /// Base pages offlined.
+    pub(crate) offlined: usize,
+    /// Base pages skipped: no longer the page the skb holds (remapped since the send).
+    pub(crate) skipped: usize,
 }
 
 /// Whether `mode` can be honoured for the memory `vma` maps.
 fn supported(vma: &VmaRef, mode: Mode) -> Result {
     let f = vma.flags();
-    if f & (flags::IO | flags::PFNMAP) != 0 {
+    if f & (flags::IO | flags::PFNMAP) != 0 || mm::uffd_armed(vma) {
         return Err(EOPNOTSUPP);
     }
     if f & flags::SHARED != 0 {
@@ -154,68 +173,174 @@ fn supported(vma: &VmaRef, mode: Mode) -> Result {
     Ok(())
 }
 
-/// Offlines the pages of one buffer (its `ranges`) in `mm`. Returns the number of base
-/// pages offlined.
-///
-/// # Errors
-///
-/// - `EOPNOTSUPP`: some range is in memory where `mode` cannot be honoured (see the
-///   [module documentation](self)); nothing was changed;
-/// - `E2BIG`, `EFAULT`: the ranges are more than a buffer may have, or wrap around;
-/// - the errno of faulting a fresh page in or of punching a hole: the pages before it
-///   are offlined, the one that failed is left unmapped (the guest faults in a zeroed one).
-pub(crate) fn offline(mm: &MmWithUser, ranges: &[Range], mode: Mode) -> Result<usize> {
-    let mut buf = [(0, 0); MAX_SPANS];
-    let n = spans(ranges, &mut buf)?;
-    let spans = &buf[..n];
-    let mut holes: KVec<(ARef<File>, i64, usize)> = KVec::new();
-    let mut pages = 0;
-    {
-        let lock = mm::mmap_write_lock(mm);
-        for_each_piece(&lock, spans, |p| supported(p.vma, mode))?;
-        for_each_piece(&lock, spans, |p| {
-            lock.start_write(p.vma);
-            if p.vma.flags() & flags::SHARED != 0 {
-                if let Some((file, offset)) = mm::file_of(p.vma, p.start) {
-                    holes.push((file, offset, p.end - p.start), GFP_KERNEL)?;
-                }
-                p.vma.zap_vma_range(p.start, p.end - p.start);
-            } else {
-                replace_private(&lock, &p, mode)?;
-            }
-            pages += (p.end - p.start) / PAGE_SIZE;
-            Ok(())
-        })?;
-    }
-    for (file, offset, len) in &holes {
-        mm::punch_hole(file, *offset, *len)?;
-    }
-    Ok(pages)
+/// How the pages of one VMA are offlined.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Method {
+    /// Made copy-on-write in place ([`MmapWriteGuard::share_page`]).
+    Share,
+    /// Zapped, then refilled (or for shared memory, a hole punched).
+    Replace,
 }
 
-/// Gives the private memory of `p` fresh pages: see the [module documentation](self).
-fn replace_private(lock: &MmapWriteGuard<'_>, p: &Piece<'_>, mode: Mode) -> Result {
-    let file_backed = mm::file_of(p.vma, p.start).is_some();
-    let mut addr = p.start;
-    while addr < p.end {
-        // One page of the VMA's page size at a time: a huge page goes whole.
-        let mut old = KVec::with_capacity(p.page / PAGE_SIZE, GFP_KERNEL)?;
-        if mode == Mode::Preserve {
-            for a in (addr..addr + p.page).step_by(PAGE_SIZE) {
-                old.push(lock.page(a, false)?, GFP_KERNEL)?;
-            }
+/// The owner's address space, locked for the offlining of the buffers of one reset: one
+/// lock and one pass for all of them. See the [module documentation](self).
+pub(crate) struct Offliner<'a> {
+    lock: MmapWriteGuard<'a>,
+    /// Holes to punch once the lock is dropped: file, offset, length.
+    holes: KVec<(ARef<File>, i64, usize)>,
+}
+
+impl<'a> Offliner<'a> {
+    /// Takes `mm`'s mmap lock for write, killably.
+    ///
+    /// # Errors
+    ///
+    /// `EINTR` if the caller was killed while it waited for the lock.
+    pub(crate) fn new(mm: &'a MmWithUser) -> Result<Self> {
+        Ok(Offliner {
+            lock: mm::mmap_write_lock(mm)?,
+            holes: KVec::new(),
+        })
+    }
+
+    fn method(vma: &VmaRef, mode: Mode) -> Method {
+        if mode == Mode::Preserve && vma.flags() & flags::HUGETLB == 0 && mm::can_share_pages() {
+            Method::Share
+        } else {
+            Method::Replace
         }
-        p.vma.zap_vma_range(addr, p.page);
-        if mode == Mode::Preserve || file_backed {
-            for (i, a) in (addr..addr + p.page).step_by(PAGE_SIZE).enumerate() {
-                let new = lock.page(a, true)?;
-                match old.get(i) {
-                    Some(old) => new.copy_from(old),
-                    None => new.clear(),
+    }
+
+    /// Offlines the buffer whose base pages are `pages`.
+    ///
+    /// # Errors
+    ///
+    /// - `EOPNOTSUPP`: some page is in memory where `mode` cannot be honoured;
+    /// - `ENOMEM`: a hugetlb page would need a refill the pool cannot give;
+    /// - `EBUSY`: some page may be pinned for DMA;
+    /// - the errno of faulting a fresh page in or of the in-place change otherwise.
+    ///
+    /// Nothing is changed when the checks fail (the first two); see the
+    /// [module documentation](self) for the others.
+    pub(crate) fn offline(&mut self, pages: &[BufPage], mode: Mode) -> Result<Outcome> {
+        let Offliner { lock, holes } = self;
+        // Check every page before any is touched.
+        let mut huge_needed = 0usize;
+        let mut last_huge = None;
+        for p in pages {
+            let Some(vma) = lock.vma(p.addr) else {
+                continue;
+            };
+            supported(vma, mode)?;
+            if Self::method(vma, mode) == Method::Replace
+                && mode == Mode::Preserve
+                && vma.flags() & flags::HUGETLB != 0
+            {
+                let size = mm::page_size(vma);
+                let start = p.addr & !(size - 1);
+                if last_huge != Some(start) {
+                    last_huge = Some(start);
+                    huge_needed += 1;
+                    if mm::hugetlb_available(vma) < huge_needed {
+                        return Err(ENOMEM);
+                    }
                 }
             }
         }
-        addr += p.page;
+        let mut out = Outcome::default();
+        let mut done_huge: Option<usize> = None;
+        for p in pages {
+            let Some(vma) = lock.vma(p.addr) else {
+                out.skipped += 1;
+                continue;
+            };
+            match Self::method(vma, mode) {
+                Method::Share => match lock.share_page(vma, p.addr, p.page) {
+                    Ok(()) => out.offlined += 1,
+                    Err(e) if e == ESTALE || e == EFAULT => out.skipped += 1,
+                    Err(e) if e == EAGAIN => {
+                        lock.share_page(vma, p.addr, p.page)?;
+                        out.offlined += 1;
+                    }
+                    Err(e) => return Err(e),
+                },
+                Method::Replace => {
+                    let size = mm::page_size(vma);
+                    let start = p.addr & !(size - 1);
+                    if done_huge == Some(start) {
+                        continue;
+                    }
+                    // Only the page the skb holds: a page mapped there since is the
+                    // guest's own. A page a device may be writing cannot be replaced.
+                    let Ok(mapped) = lock.page(p.addr, false) else {
+                        out.skipped += 1;
+                        continue;
+                    };
+                    if mapped.id() != p.page {
+                        out.skipped += 1;
+                        continue;
+                    }
+                    if mapped.maybe_dma_pinned() {
+                        return Err(EBUSY);
+                    }
+                    done_huge = Some(start);
+                    lock.start_write(vma);
+                    replace(lock, holes, vma, start, size, mode)?;
+                    out.offlined += size / PAGE_SIZE;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops the lock, then punches the holes discard mode needs in shared memory.
+    ///
+    /// # Errors
+    ///
+    /// The errno of `vfs_fallocate()`, `EOPNOTSUPP` if the file system cannot punch holes.
+    pub(crate) fn finish(self) -> Result {
+        let Offliner { lock, holes } = self;
+        drop(lock);
+        for (file, offset, len) in &holes {
+            mm::punch_hole(file, *offset, *len)?;
+        }
+        Ok(())
+    }
+}
+
+/// Zaps the page of `size` bytes at `start` of `vma` and gives the guest a fresh one (see
+/// the [module documentation](self)); for shared memory, records the hole to punch.
+fn replace(
+    lock: &MmapWriteGuard<'_>,
+    holes: &mut KVec<(ARef<File>, i64, usize)>,
+    vma: &VmaRef,
+    start: usize,
+    size: usize,
+    mode: Mode,
+) -> Result {
+    let file = mm::file_of(vma, start);
+    if vma.flags() & flags::SHARED != 0 {
+        if let Some((file, offset)) = file {
+            holes.push((file, offset, size), GFP_KERNEL)?;
+        }
+        vma.zap_vma_range(start, size);
+        return Ok(());
+    }
+    let mut old = KVec::with_capacity(size / PAGE_SIZE, GFP_KERNEL)?;
+    if mode == Mode::Preserve {
+        for a in (start..start + size).step_by(PAGE_SIZE) {
+            old.push(lock.page(a, false)?, GFP_KERNEL)?;
+        }
+    }
+    vma.zap_vma_range(start, size);
+    if mode == Mode::Preserve || file.is_some() {
+        for (i, a) in (start..start + size).step_by(PAGE_SIZE).enumerate() {
+            let new = lock.page(a, true)?;
+            match old.get(i) {
+                Some(old) => new.copy_from(old),
+                None => new.clear(),
+            }
+        }
     }
     Ok(())
 }

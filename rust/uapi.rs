@@ -40,14 +40,19 @@ pub(crate) const VHOST_NET_ZC_SET_RECLAIM: u32 = b::VNZC_SET_RECLAIM;
 pub(crate) const VHOST_NET_ZC_VM_RESET: u32 = b::VNZC_VM_RESET;
 /// `VHOST_NET_ZC_GET_STATS`: read the counters (`struct vhost_net_zc_stats`).
 pub(crate) const VHOST_NET_ZC_GET_STATS: u32 = b::VNZC_GET_STATS;
+/// `VHOST_NET_ZC_GET_STATS` as VMMs built against the first version of the header issue it:
+/// the struct up to `reclaim` (the command number encodes the size).
+pub(crate) const VHOST_NET_ZC_GET_STATS_V1: u32 = b::VNZC_GET_STATS_V1;
+/// The size of that first version of `struct vhost_net_zc_stats`.
+pub(crate) const STATS_V1_SIZE: usize = b::VNZC_STATS_V1_SIZE as usize;
 
 /// `struct vhost_net_zc_stats` (`include/uapi/linux/vhost_net_zc.h`), as written to user
 /// space.
 #[repr(transparent)]
 pub(crate) struct Stats(pub(crate) b::vhost_net_zc_stats);
 
-// SAFETY: `vhost_net_zc_stats` is fourteen `__u64` followed by two `__u32`: no padding, so
-// every byte is initialised.
+// SAFETY: `vhost_net_zc_stats` is fourteen `__u64`, two `__u32`, then two `__u64`: no
+// padding, so every byte is initialised.
 unsafe impl kernel::transmute::AsBytes for Stats {}
 
 /// Feature bit: vhost, not the backend, handles the virtio-net header.

@@ -85,6 +85,22 @@ pub(crate) fn debugfs_dir(name: &CStr) -> Dir {
     }
 }
 
+/// How often a log line that a guest or VMM can trigger may be printed: once per interval.
+const LOG_INTERVAL_NS: i64 = 5_000_000_000;
+
+/// Whether a rate-limited log line may be printed now; `last` is the line's own clock, the
+/// time it was last allowed (`i64::MIN` at first).
+pub(crate) fn ratelimit(last: &kernel::sync::atomic::Atomic<i64>) -> bool {
+    use kernel::sync::atomic::Relaxed;
+    let now = zerocopy::now();
+    let seen = last.load(Relaxed);
+    if seen != i64::MIN && now.wrapping_sub(seen) < LOG_INTERVAL_NS {
+        return false;
+    }
+    // One of the racing callers wins the interval.
+    last.cmpxchg(seen, now, Relaxed).is_ok()
+}
+
 /// The module: the registration of `/dev/vhost-net-zc`.
 #[pin_data]
 struct VhostNetZcModule {

@@ -58,7 +58,7 @@ use kernel::{
 
 use crate::{
     ffi::bindings,
-    offline::Range,
+    offline::BufPage,
     vhost::Waker, //
 };
 
@@ -69,6 +69,10 @@ pub(crate) const MAX_PEND: usize = 128;
 /// at most `MAX_SKB_FRAGS` pages (17 by default) past a linear part they copy; a chain
 /// with more ranges is sent by copy.
 pub(crate) const MAX_RANGES: usize = 20;
+
+/// Most base pages a buffer sent zero-copy may span (a 64 KiB frame over 17 ranges, none
+/// page-aligned, spans at most 34); a chain spanning more is sent by copy.
+pub(crate) const MAX_PAGES: usize = 40;
 
 /// Words of a slot bitmap.
 const WORDS: usize = MAX_PEND / 64;
@@ -155,6 +159,11 @@ pub(crate) struct Stats {
     pub(crate) offlined_pages: u64,
     /// Buffers that could not be offlined.
     pub(crate) offline_refused: u64,
+    /// Of those, buffers with a page that may be pinned for DMA.
+    pub(crate) offline_pinned: u64,
+    /// Base pages not offlined because the page the skb holds is no longer mapped where
+    /// the buffer was (the VMM remapped that memory since the send).
+    pub(crate) offline_skipped_pages: u64,
     /// Time the last reset spent on zero-copy buffers, in ns.
     pub(crate) last_reset_wait: u64,
     /// The longest such time, in ns.
@@ -174,10 +183,10 @@ pub(crate) struct Ledger {
     deadline: [i64; MAX_PEND],
     /// Bit `i` set: slot `i` was found in flight past its deadline.
     expired: [u64; WORDS],
-    /// The address ranges of each busy slot's buffer: `MAX_RANGES` per slot, the first
-    /// `nranges[i]` of slot `i` used.
-    ranges: KVec<Range>,
-    nranges: [u8; MAX_PEND],
+    /// The base pages of each busy slot's buffer: `MAX_PAGES` per slot, the first
+    /// `npages[i]` of slot `i` used.
+    pages: KVVec<BufPage>,
+    npages: [u8; MAX_PEND],
     /// Pages offlined from each busy slot's buffer, until its skb is freed.
     held: [u32; MAX_PEND],
     /// Expired buffers are offlined and returned at once, not only at a reset.
@@ -258,7 +267,7 @@ impl Pool {
     ///
     /// `ENOMEM`.
     pub(crate) fn create(timeout_ms: u32) -> Result<PoolRef> {
-        let ranges = KVec::from_elem(Range::default(), MAX_PEND * MAX_RANGES, GFP_KERNEL)?;
+        let pages = KVVec::from_elem(BufPage::default(), MAX_PEND * MAX_PAGES, GFP_KERNEL)?;
         let pool = KBox::pin_init(
             pin_init!(Pool {
                 ubufs: [const { Opaque::zeroed() }; MAX_PEND],
@@ -297,8 +306,8 @@ impl Pool {
                     heads: [0; MAX_PEND],
                     deadline: [0; MAX_PEND],
                     expired: [0; WORDS],
-                    ranges,
-                    nranges: [0; MAX_PEND],
+                    pages,
+                    npages: [0; MAX_PEND],
                     held: [0; MAX_PEND],
                     reclaim: false,
                     armed: i64::MAX,
@@ -338,18 +347,18 @@ impl Pool {
         self.waker.store(waker.as_ptr(), Release);
     }
 
-    /// Reserves a slot for the chain `head`, whose buffer is `ranges` of the owner's
-    /// address space, if fewer than `limit` heads are held in flight and the buffer has at
-    /// most [`MAX_RANGES`] ranges. The caller sends it with [`Pool::ubuf`] and reports the
-    /// outcome with [`Pool::sent`] or [`Pool::cancel`].
+    /// Reserves a slot for the chain `head`, whose buffer is the base pages `pages` of the
+    /// owner's address space, if fewer than `limit` heads are held in flight and the buffer
+    /// has at most [`MAX_PAGES`] pages. The caller sends it with [`Pool::ubuf`] and reports
+    /// the outcome with [`Pool::sent`] or [`Pool::cancel`].
     pub(crate) fn reserve(
         &self,
         ledger: &mut Ledger,
         head: u16,
         limit: usize,
-        ranges: &[Range],
+        pages: &[BufPage],
     ) -> Option<Slot> {
-        if ledger.holding() >= limit || ranges.len() > MAX_RANGES {
+        if ledger.holding() >= limit || pages.len() > MAX_PAGES {
             return None;
         }
         let index = (0..MAX_PEND).find(|&i| {
@@ -361,8 +370,14 @@ impl Pool {
         ledger.stale[w] &= !m;
         ledger.expired[w] &= !m;
         ledger.heads[index] = head;
-        ledger.ranges[index * MAX_RANGES..][..ranges.len()].copy_from_slice(ranges);
-        ledger.nranges[index] = ranges.len() as u8;
+        // In bounds: `pages.len() <= MAX_PAGES`, checked above.
+        if let Some(to) = ledger
+            .pages
+            .get_mut(index * MAX_PAGES..index * MAX_PAGES + pages.len())
+        {
+            to.copy_from_slice(pages);
+        }
+        ledger.npages[index] = pages.len() as u8;
         ledger.held[index] = 0;
         let deadline = now().saturating_add(ledger.timeout);
         ledger.deadline[index] = deadline;
@@ -445,10 +460,7 @@ impl Pool {
     /// The caller gives up one reference of `refs` that a buffer held; `self` may be freed
     /// once this returns unless the caller holds another.
     unsafe fn release_one(&self) {
-        if self.inflight.fetch_sub(1, Full) == 1 {
-            // SAFETY: `idle` was initialised in `new()`.
-            unsafe { kb::__wake_up(self.idle.get(), kb::TASK_NORMAL, 1, core::ptr::null_mut()) };
-        }
+        self.inflight.fetch_sub(1, Full);
         // SAFETY: Forwarded from the caller.
         unsafe { Self::put(core::ptr::from_ref(self)) };
     }
@@ -674,11 +686,11 @@ impl Ledger {
             .sum()
     }
 
-    /// The address ranges of slot `index`'s buffer.
-    pub(crate) fn ranges(&self, index: usize) -> &[Range] {
-        let n = usize::from(self.nranges.get(index).copied().unwrap_or(0));
-        self.ranges
-            .get(index * MAX_RANGES..index * MAX_RANGES + n)
+    /// The base pages of slot `index`'s buffer.
+    pub(crate) fn pages(&self, index: usize) -> &[BufPage] {
+        let n = usize::from(self.npages.get(index).copied().unwrap_or(0));
+        self.pages
+            .get(index * MAX_PAGES..index * MAX_PAGES + n)
             .unwrap_or(&[])
     }
 
@@ -694,9 +706,16 @@ impl Ledger {
         self.heads[index]
     }
 
-    /// Slot `index` could not be offlined; it stays in flight.
-    pub(crate) fn refused(&mut self, _index: usize) {
+    /// Slot `index` could not be offlined (`pinned`: for a possible DMA pin); it stays in
+    /// flight.
+    pub(crate) fn refused(&mut self, _index: usize, pinned: bool) {
         self.stats.offline_refused += 1;
+        self.stats.offline_pinned += u64::from(pinned);
+    }
+
+    /// Counts base pages skipped by an offline: no longer where the buffer was sent from.
+    pub(crate) fn skipped_pages(&mut self, pages: usize) {
+        self.stats.offline_skipped_pages += pages as u64;
     }
 
     /// Counts a buffer sent by copy.
@@ -826,6 +845,8 @@ impl StatsRef {
         writeln!(f, "offlined_pages: {}", stats.offlined_pages)?;
         writeln!(f, "held_pages: {}", pool.held_pages(&ledger))?;
         writeln!(f, "offline_refused: {}", stats.offline_refused)?;
+        writeln!(f, "offline_pinned: {}", stats.offline_pinned)?;
+        writeln!(f, "offline_skipped_pages: {}", stats.offline_skipped_pages)?;
         writeln!(f, "last_reset_wait_ns: {}", stats.last_reset_wait)?;
         writeln!(f, "max_reset_wait_ns: {}", stats.max_reset_wait)?;
         writeln!(f, "reclaim: {}", u8::from(ledger.reclaim))?;
@@ -983,10 +1004,10 @@ pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Re
     writeln!(f, "per_queue_timer_ns_per_packet: {}", per_queue / n)?;
     writeln!(f, "per_buffer_timer_ns_per_packet: {}", per_buffer / n)?;
     // Memory: a device's pool is allocated whole, for `MAX_PEND` buffers in flight, with
-    // room for `MAX_RANGES` address ranges each; a timer per buffer would add one hrtimer
+    // room for `MAX_PAGES` pages each; a timer per buffer would add one hrtimer
     // each. Stock vhost-net keeps a `ubuf_info_msgzc` and a used element per buffer (for
     // `UIO_MAXIOV` of them per queue).
-    let pool = size_of::<Pool>() + MAX_PEND * MAX_RANGES * size_of::<Range>();
+    let pool = size_of::<Pool>() + MAX_PEND * MAX_PAGES * size_of::<BufPage>();
     writeln!(f, "pool_bytes_per_buffer: {}", pool / MAX_PEND)?;
     writeln!(f, "hrtimer_bytes: {}", size_of::<kb::hrtimer>())?;
     writeln!(

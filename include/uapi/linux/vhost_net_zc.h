@@ -49,7 +49,11 @@
  */
 #define VHOST_NET_ZC_VM_RESET		_IOW(VHOST_NET_ZC_IOC_TYPE, 0x03, __u32)
 
-/* The device's counters since it was opened. */
+/*
+ * The device's counters since it was opened. The struct only grows at its end, and the
+ * command number encodes its size: a device answers the command of every earlier version
+ * of this header with that version's part of the struct.
+ */
 struct vhost_net_zc_stats {
 	__u64 sent_zerocopy;		/* TX buffers sent zero-copy */
 	__u64 sent_copy;		/* TX buffers sent by copy */
@@ -67,6 +71,8 @@ struct vhost_net_zc_stats {
 	__u64 max_reset_wait_ns;	/* the longest such time */
 	__u32 timeout_ms;		/* the current timeout */
 	__u32 reclaim;			/* reclaim on expiry: 0 or 1 */
+	__u64 offline_pinned;		/* of those refused: a page maybe DMA-pinned */
+	__u64 offline_skipped_pages;	/* pages not offlined: remapped since the send */
 };
 
 #define VHOST_NET_ZC_GET_STATS		_IOR(VHOST_NET_ZC_IOC_TYPE, 0x04, struct vhost_net_zc_stats)
