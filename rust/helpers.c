@@ -128,15 +128,37 @@ bool vnzc_sock_zerocopy(struct socket *sock)
  * reset deadline is real time. Returns 1 once the count is zero, 0 on timeout, -ERESTARTSYS
  * on a fatal signal.
  */
-long vnzc_wait_zero_killable(struct wait_queue_head *wq, int *count, s64 timeout_ms)
+/* Whether every bit of @want (@n words) is set in @done. */
+static bool vnzc_all_done(const u64 *done, const u64 *want, int n)
+{
+	for (int i = 0; i < n; i++)
+		if ((READ_ONCE(done[i]) & want[i]) != want[i])
+			return false;
+	return true;
+}
+
+/*
+ * Waits killably, for at most @timeout_ms (< 0: no bound), until every bit of @want is set
+ * in @done, which completions set before they wake @wq. Returns 1 when they are, 0 on
+ * timeout, -ERESTARTSYS if a fatal signal came.
+ */
+long vnzc_wait_done_killable(struct wait_queue_head *wq, const u64 *done, const u64 *want, int n,
+			     s64 timeout_ms)
 {
 	ktime_t timeout = timeout_ms < 0 ? KTIME_MAX : ms_to_ktime(timeout_ms);
 	int r;
 
-	r = __wait_event_hrtimeout(*wq, READ_ONCE(*count) == 0, timeout, TASK_KILLABLE);
+	r = __wait_event_hrtimeout(*wq, vnzc_all_done(done, want, n), timeout, TASK_KILLABLE);
 	if (r == -ETIME)
 		return 0;
 	return r ? r : 1;
+}
+
+/* Wakes @wq if anyone waits on it (cheap when no one does). */
+void vnzc_wake_waiters(struct wait_queue_head *wq)
+{
+	if (wq_has_sleeper(wq))
+		wake_up(wq);
 }
 
 /* The ptr_ring a tap or macvtap file queues its packets for the reader in, or NULL. */

@@ -182,8 +182,13 @@ fn settle_tx(dev: &DevGuard<'_, NetState, NVQS>) {
     let start = zerocopy::now();
     let exiting = vhost::caller_exiting();
     if !exiting {
-        let wait = pool.ledger().ms_to_last_deadline();
-        let _ = pool.wait_idle(Some(wait));
+        // Only the buffers whose heads are still to be returned, never past their last
+        // deadline.
+        let (live, wait) = {
+            let ledger = pool.ledger();
+            (pool.live(&ledger), ledger.ms_to_last_deadline())
+        };
+        let _ = pool.wait_done(&live, wait);
     }
     let Ok(vq) = dev.device().vq(TX as u32) else {
         return;

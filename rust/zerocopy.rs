@@ -115,7 +115,7 @@ pub(crate) struct Pool {
     /// Bit `i` set: slot `i` completed after its frags were copied (no zero copy happened).
     copied: [Atomic<u64>; WORDS],
     inflight: Atomic<i32>,
-    /// Woken when `inflight` drops to zero.
+    /// Woken by every completion, for a reset waiting for its buffers ([`Pool::wait_done`]).
     #[pin]
     idle: Opaque<kb::wait_queue_head>,
     refs: Refcount,
@@ -441,6 +441,9 @@ impl Pool {
             set_bits(&self.copied[w], m);
         }
         set_bits(&self.done[w], m);
+        // SAFETY: `idle` was initialised in `create()`; the slot's reference keeps the pool
+        // alive until `release_one()` below.
+        unsafe { bindings::vnzc_wake_waiters(self.idle.get()) };
         let guard = rcu::read_lock();
         let vq = self.waker.load(Acquire);
         if !vq.is_null() {
@@ -633,20 +636,36 @@ impl Pool {
         unsafe { kb::hrtimer_cancel(self.timer.get()) };
     }
 
-    /// Waits until no buffer is in flight, killably, for at most `timeout_ms` (`None`:
-    /// without a bound).
+    /// The buffers in flight whose heads the guest has not had back (neither offlined nor
+    /// abandoned) and whose completion has not come yet: those a reset waits for.
+    pub(crate) fn live(&self, ledger: &Ledger) -> SlotSet {
+        let mut set = SlotSet([0; WORDS]);
+        for (w, word) in set.0.iter_mut().enumerate() {
+            *word = ledger.busy[w] & !ledger.stale[w] & !self.done[w].load(Acquire);
+        }
+        set
+    }
+
+    /// Waits until every buffer of `set` has completed, killably, for at most `timeout_ms`.
+    /// Buffers outside the set (already offlined or abandoned) are not waited for.
     ///
     /// # Errors
     ///
-    /// `ETIMEDOUT` if buffers are still in flight at the end, `EINTR` if a fatal signal
-    /// ended the wait.
-    pub(crate) fn wait_idle(&self, timeout_ms: Option<u32>) -> Result {
-        // SAFETY: `idle` was initialised in `new()`; `inflight` lives as long as `self`.
+    /// `ETIMEDOUT` if some are still in flight at the end, `EINTR` if a fatal signal ended
+    /// the wait.
+    pub(crate) fn wait_done(&self, set: &SlotSet, timeout_ms: u32) -> Result {
+        if set.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: `idle` was initialised in `create()`; `done` and `set` are `WORDS` words
+        // that outlive the wait (`Atomic<u64>` is a `u64` in memory).
         let r = unsafe {
-            bindings::vnzc_wait_zero_killable(
+            bindings::vnzc_wait_done_killable(
                 self.idle.get(),
-                self.inflight.as_ptr(),
-                timeout_ms.map_or(-1, i64::from),
+                self.done.as_ptr().cast(),
+                set.0.as_ptr(),
+                WORDS as i32,
+                i64::from(timeout_ms),
             )
         };
         match r {
