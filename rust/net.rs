@@ -146,6 +146,9 @@ impl Driver<NVQS> for NetState {
     /// ([`settle_tx`]); whatever is then still in flight is abandoned: its heads are not
     /// returned (the ring is about to go), and the pool, with the module, stays until the
     /// stack releases them.
+    ///
+    /// The pool is then quiesced ([`Pool::quiesce`]): the vhost core frees the device's
+    /// workers next, and a completion or deadline that comes later must not reach them.
     fn stopped(dev: &DevGuard<'_, Self, NVQS>) {
         settle_tx(dev);
         let pool = &dev.device().data().tx;
@@ -153,6 +156,7 @@ impl Driver<NVQS> for NetState {
             return;
         };
         let mut ledger = pool.ledger();
+        pool.quiesce(&mut ledger);
         let abandoned = ledger.abandon_all();
         let stats = ledger.stats();
         vhost::debug(

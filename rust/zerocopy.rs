@@ -629,6 +629,19 @@ impl Pool {
         kb::hrtimer_restart::HRTIMER_NORESTART
     }
 
+    /// Makes sure no completion and no deadline reaches the virtqueue's worker from now on,
+    /// until a handler attaches the pool again ([`Pool::attach`]): the timer is cancelled,
+    /// the waker cleared, and completions that still found it have left (an RCU grace
+    /// period). The owner calls it before the vhost core stops and frees the workers.
+    pub(crate) fn quiesce(&self, ledger: &mut Ledger) {
+        self.stop_timer();
+        // Deadlines of buffers sent from now on arm it again.
+        ledger.armed = i64::MAX;
+        if !self.waker.xchg(core::ptr::null_mut(), Full).is_null() {
+            rcu::synchronize_rcu();
+        }
+    }
+
     /// Stops the timer; the owner calls it before it lets go of the pool.
     fn stop_timer(&self) {
         // SAFETY: The timer was set up in `create()`; cancelling waits for a running
