@@ -834,6 +834,34 @@ impl VhostNetZc {
         Ok(0)
     }
 
+    /// `VHOST_SET_VRING_NUM`, `_BASE` and `_ADDR`, which the vhost core handles (and refuses
+    /// while a backend is attached). On the TX ring, zero-copy buffers still in flight from
+    /// before are abandoned: the ring they came from is being reprogrammed (as QEMU does
+    /// when the guest reboots), so their heads must never reach the new one.
+    ///
+    /// # Errors
+    ///
+    /// The vhost core's.
+    fn set_vring(&self, cmd: u32, arg: UserPtr) -> Result<isize> {
+        // Each argument starts with the ring's index; the core reads it again.
+        let index: Option<u32> = UserSlice::new(arg, size_of::<u32>()).reader().read().ok();
+        let dev = self.vhost.lock();
+        let r = dev.generic_ioctl(cmd, arg)?;
+        if index == Some(TX as u32) {
+            let pool = &self.vhost.data().tx;
+            let _vq = self.vhost.vq(TX as u32)?;
+            let abandoned = pool.ledger().abandon_all();
+            if abandoned != 0 {
+                vhost::debug(
+                    c"TX: zero-copy buffers abandoned: ring reprogrammed",
+                    abandoned,
+                    0,
+                );
+            }
+        }
+        Ok(r)
+    }
+
     /// `VHOST_NET_ZC_SET_TIMEOUT`.
     ///
     /// # Errors
@@ -983,6 +1011,9 @@ impl MiscDevice for VhostNetZc {
             uapi::VHOST_NET_ZC_VM_RESET => me.vm_reset(arg),
             uapi::VHOST_NET_ZC_GET_STATS => me.get_stats(arg, size_of::<uapi::Stats>()),
             uapi::VHOST_NET_ZC_GET_STATS_V1 => me.get_stats(arg, uapi::STATS_V1_SIZE),
+            uapi::VHOST_SET_VRING_NUM | uapi::VHOST_SET_VRING_BASE | uapi::VHOST_SET_VRING_ADDR => {
+                me.set_vring(cmd, arg)
+            }
             _ => me.vhost.lock().generic_ioctl(cmd, arg),
         }
     }

@@ -28,6 +28,12 @@ pub(crate) const VHOST_SET_OWNER: u32 = b::VNZC_VHOST_SET_OWNER;
 pub(crate) const VHOST_RESET_OWNER: u32 = b::VNZC_VHOST_RESET_OWNER;
 /// `VHOST_NET_SET_BACKEND`: attach a tap/macvtap socket to a virtqueue, or detach (-1).
 pub(crate) const VHOST_NET_SET_BACKEND: u32 = b::VNZC_VHOST_NET_SET_BACKEND;
+/// `VHOST_SET_VRING_NUM`: the ring's size (the first of the calls that reprogram a ring).
+pub(crate) const VHOST_SET_VRING_NUM: u32 = b::VNZC_VHOST_SET_VRING_NUM;
+/// `VHOST_SET_VRING_BASE`: the ring's first available index.
+pub(crate) const VHOST_SET_VRING_BASE: u32 = b::VNZC_VHOST_SET_VRING_BASE;
+/// `VHOST_SET_VRING_ADDR`: the ring's addresses.
+pub(crate) const VHOST_SET_VRING_ADDR: u32 = b::VNZC_VHOST_SET_VRING_ADDR;
 
 /// `VHOST_NET_ZC_SET_TIMEOUT`: the deadline of zero-copy buffers sent from now on (ms).
 pub(crate) const VHOST_NET_ZC_SET_TIMEOUT: u32 = b::VNZC_SET_TIMEOUT;
