@@ -223,6 +223,7 @@ fi
 rmmod vhost_net && kmod_load vhost_net experimental_zcopytx=1 ||
 	ktap "# could not reload vhost_net with experimental_zcopytx=1"
 VNZC_HARNESS_TIMEOUT=900 run_harness "$TESTS/vnzc_offline"
+VNZC_HARNESS_TIMEOUT=2400 run_harness "$TESTS/vnzc_offline_safety"
 
 # QEMU with a Linux guest over both devices (vnzc_qemu.py), on the stall fixture with the
 # bridge as the guest's host end. The guest kernel is the benchmark variant of the test

@@ -1,0 +1,881 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Offlining and reset under concurrency and failure (DESIGN S12-S15, issue 14): what must
+ * hold when the guest's memory is busy, when completions race the reset, when the VMM
+ * tears the device down or reprograms the ring, and when a page cannot be offlined.
+ *
+ * - VMM threads read and write the rest of each buffer's page while it is offlined in
+ *   preserve mode (through the page tables, and through GUP with /proc/self/mem): no
+ *   write is lost, no read sees anything but the last write;
+ * - the qdisc is released and plugged again by a thread (rtnetlink, no fork) while resets
+ *   offline the same buffers: every head is used exactly once, over 10000 rounds;
+ * - close and RESET_OWNER race completions and 1 ms deadlines, with the worker freed;
+ * - a ring reprogrammed after a reset that left buffers in flight never receives their
+ *   heads;
+ * - a page pinned for DMA (an io_uring fixed buffer), a userfaultfd-registered range, an
+ *   exhausted hugetlb pool: refused, memory intact; a page remapped since the send:
+ *   skipped, its new content intact;
+ * - a reset waits only for the buffers still the guest's, and a VMM killed while it waits
+ *   is reaped at once.
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <linux/io_uring.h>
+#include <linux/netlink.h>
+#include <linux/pkt_sched.h>
+#include <linux/rtnetlink.h>
+#include <linux/userfaultfd.h>
+#include <linux/virtio_config.h>
+
+#include "../include/uapi/linux/vhost_net_zc.h"
+#include "zc_env.h"
+
+#define PAGE		4096
+/* Where the VMM threads work on a buffer's page: past the frame (ZC_LEN bytes). */
+#define SENTINEL_OFF	1024
+#define SENTINEL_LEN	1024
+#define COUNTER_OFF	2048	/* a plain store and load, through the page tables */
+#define GUP_OFF		3072	/* pread()/pwrite() of /proc/self/mem: through GUP */
+
+/* The counters up to reclaim: the first version of the struct (older modules). */
+#define GET_STATS_V1 _IOC(_IOC_READ, VHOST_NET_ZC_IOC_TYPE, 0x04, \
+			  offsetof(struct vhost_net_zc_stats, offline_pinned))
+
+static int get_stats(struct vg_guest *g, struct vhost_net_zc_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	if (ioctl(g->fd, VHOST_NET_ZC_GET_STATS, s) == 0)
+		return 0;
+	/* A module from before the counters of this program: what it has. */
+	if (errno == ENOTTY && ioctl(g->fd, GET_STATS_V1, s) == 0)
+		return 0;
+	return -errno;
+}
+
+static int set_u32(struct vg_guest *g, unsigned long cmd, uint32_t v)
+{
+	return ioctl(g->fd, cmd, &v) ? -errno : 0;
+}
+
+/* Waits up to @ms until @cond(stats) holds; returns whether it did. */
+#define WAIT_FOR(g, s, cond, ms) ({						\
+	bool __ok = false;							\
+	for (long __end = now_ms() + (ms); ; usleep(1000)) {			\
+		if (get_stats(g, &(s)) == 0 && (cond)) {			\
+			__ok = true;						\
+			break;							\
+		}								\
+		if (now_ms() > __end)						\
+			break;							\
+	}									\
+	__ok;									\
+})
+
+/* Posts a frame of ZC_LEN bytes at @frame (its header at @hdr) to @dst; returns its head. */
+static int post_at(struct vg_guest *g, uint8_t *hdr, uint8_t *frame, const uint8_t *dst,
+		   unsigned int seed)
+{
+	void *bufs[2] = { hdr, frame };
+	uint32_t lens[2] = { HDR_LEN, ZC_LEN };
+
+	memset(hdr, 0, HDR_LEN);
+	memcpy(frame, dst, 6);
+	memcpy(frame + 6, mac_src, 6);
+	frame[12] = TEST_ETHERTYPE >> 8;
+	frame[13] = TEST_ETHERTYPE & 0xff;
+	for (size_t i = 14; i < ZC_LEN; i++)
+		frame[i] = (uint8_t)(i * 7 + seed);
+	return vg_post(g, VG_TX, bufs, lens, 2, false);
+}
+
+/* The plug qdisc on vnzcd0, through rtnetlink: cheap enough to toggle in a loop. */
+static int plug_nl(int nl, int ifindex, int action)
+{
+	struct {
+		struct nlmsghdr n;
+		struct tcmsg t;
+		char attrs[64];
+	} req = {
+		.n.nlmsg_len = NLMSG_LENGTH(sizeof(struct tcmsg)),
+		.n.nlmsg_type = RTM_NEWQDISC,
+		.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK,
+		.t.tcm_family = AF_UNSPEC,
+		.t.tcm_ifindex = ifindex,
+		.t.tcm_parent = TC_H_ROOT,
+	};
+	struct tc_plug_qopt opt = { .action = action };
+	struct rtattr *rta;
+	char ack[256];
+
+	rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.n.nlmsg_len));
+	rta->rta_type = TCA_KIND;
+	rta->rta_len = RTA_LENGTH(5);
+	memcpy(RTA_DATA(rta), "plug", 5);
+	req.n.nlmsg_len = NLMSG_ALIGN(req.n.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+	rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.n.nlmsg_len));
+	rta->rta_type = TCA_OPTIONS;
+	rta->rta_len = RTA_LENGTH(sizeof(opt));
+	memcpy(RTA_DATA(rta), &opt, sizeof(opt));
+	req.n.nlmsg_len = NLMSG_ALIGN(req.n.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+	if (send(nl, &req, req.n.nlmsg_len, 0) < 0)
+		return -errno;
+	if (recv(nl, ack, sizeof(ack), 0) < 0)
+		return -errno;
+	if (((struct nlmsghdr *)ack)->nlmsg_type == NLMSG_ERROR)
+		return ((struct nlmsgerr *)NLMSG_DATA((struct nlmsghdr *)ack))->error;
+	return 0;
+}
+
+static int netlink_open(void)
+{
+	struct sockaddr_nl sa = { .nl_family = AF_NETLINK };
+	int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+
+	if (fd >= 0 && bind(fd, (struct sockaddr *)&sa, sizeof(sa))) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* A thread that releases and plugs the qdisc again, at random intervals, until told. */
+struct toggler {
+	pthread_t thread;
+	atomic_bool stop;
+	int nl, ifindex;
+	long toggles, errors;
+};
+
+static void *toggle_loop(void *arg)
+{
+	struct toggler *t = arg;
+	unsigned int seed = 1;
+
+	while (!atomic_load(&t->stop)) {
+		t->errors += plug_nl(t->nl, t->ifindex, TCQ_PLUG_RELEASE_INDEFINITE) != 0;
+		usleep(rand_r(&seed) % 300);
+		t->errors += plug_nl(t->nl, t->ifindex, TCQ_PLUG_BUFFER) != 0;
+		usleep(rand_r(&seed) % 2000);
+		t->toggles++;
+	}
+	t->errors += plug_nl(t->nl, t->ifindex, TCQ_PLUG_RELEASE_INDEFINITE) != 0;
+	return NULL;
+}
+
+static int toggler_start(struct toggler *t)
+{
+	memset(t, 0, sizeof(*t));
+	t->ifindex = if_nametoindex("vnzcd0");
+	t->nl = netlink_open();
+	if (t->nl < 0 || !t->ifindex)
+		return -1;
+	/* Check the message once before relying on it. */
+	if (plug_nl(t->nl, t->ifindex, TCQ_PLUG_BUFFER))
+		return -1;
+	return pthread_create(&t->thread, NULL, toggle_loop, t) ? -1 : 0;
+}
+
+static void toggler_stop(struct toggler *t)
+{
+	atomic_store(&t->stop, true);
+	pthread_join(t->thread, NULL);
+	close(t->nl);
+}
+
+/* The zero-copy heuristic stops zero copy when packet sockets on the ports copy frames. */
+static void no_captures(struct zc_env *e)
+{
+	if (e->cap_held >= 0)
+		close(e->cap_held);
+	if (e->cap_free >= 0)
+		close(e->cap_free);
+	e->cap_held = e->cap_free = -1;
+}
+
+FIXTURE(safe) {
+	struct zc_env e;
+};
+
+FIXTURE_SETUP(safe)
+{
+	env_setup(_metadata, &self->e, 1ULL << VIRTIO_F_VERSION_1);
+	no_captures(&self->e);
+}
+
+FIXTURE_TEARDOWN(safe)
+{
+	env_teardown(_metadata, &self->e);
+}
+
+/*
+ * S12: the VMM's threads work on the rest of each buffer's page while it is offlined.
+ * K frames, each at the start of a page of its own, are sent into the plugged port,
+ * expire (1 ms) and are offlined by SET_BACKEND -1, ROUNDS times over the same pages.
+ * Meanwhile a writer increments a counter in each page and checks that the counter still
+ * holds what it last wrote (a lost write shows as an older value), a reader checks a
+ * sentinel region (a stale read shows as zeros), and a third thread does the same as the
+ * writer through /proc/self/mem, whose reads and writes reach the page through GUP.
+ */
+enum { K = 8, ROUNDS = 150 };
+
+struct pages_work {
+	uint8_t *page[K];
+	atomic_bool stop;
+	long lost, stale, gup_lost, passes, gup_passes, gup_errors;
+};
+
+static void *writer_loop(void *arg)
+{
+	struct pages_work *w = arg;
+	uint64_t last[K] = { 0 };
+
+	while (!atomic_load(&w->stop)) {
+		for (int i = 0; i < K; i++) {
+			volatile uint64_t *c = (volatile uint64_t *)(w->page[i] + COUNTER_OFF);
+			uint64_t v = *c;
+
+			if (v != last[i]) {
+				w->lost++;
+				last[i] = v;
+			}
+			*c = ++last[i];
+		}
+		w->passes++;
+	}
+	return NULL;
+}
+
+static void *reader_loop(void *arg)
+{
+	struct pages_work *w = arg;
+
+	while (!atomic_load(&w->stop)) {
+		for (int i = 0; i < K; i++) {
+			volatile uint64_t *s = (volatile uint64_t *)(w->page[i] + SENTINEL_OFF);
+
+			for (int j = 0; j < SENTINEL_LEN / 8; j += 8)
+				if (s[j] != 0xa5a5a5a5a5a5a5a5ULL)
+					w->stale++;
+		}
+	}
+	return NULL;
+}
+
+static void *gup_loop(void *arg)
+{
+	struct pages_work *w = arg;
+	uint64_t last[K] = { 0 };
+	int mem = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+
+	if (mem < 0) {
+		w->gup_errors++;
+		return NULL;
+	}
+	while (!atomic_load(&w->stop)) {
+		for (int i = 0; i < K; i++) {
+			off_t at = (off_t)(uintptr_t)(w->page[i] + GUP_OFF);
+			uint64_t v = 0;
+
+			if (pread(mem, &v, sizeof(v), at) != sizeof(v)) {
+				w->gup_errors++;
+				continue;
+			}
+			if (v != last[i]) {
+				w->gup_lost++;
+				last[i] = v;
+			}
+			v = ++last[i];
+			if (pwrite(mem, &v, sizeof(v), at) != sizeof(v))
+				w->gup_errors++;
+		}
+		w->gup_passes++;
+	}
+	close(mem);
+	return NULL;
+}
+
+TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct pages_work w = { 0 };
+	pthread_t th[3];
+	uint8_t *hdrs, *mem, orig[K][ZC_LEN];
+	long offlined0, rounds_done = 0;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	hdrs = vg_alloc(g, PAGE, PAGE);
+	mem = vg_alloc(g, K * PAGE, PAGE);
+	ASSERT_NE(NULL, hdrs);
+	ASSERT_NE(NULL, mem);
+	for (int i = 0; i < K; i++) {
+		w.page[i] = mem + i * PAGE;
+		memset(w.page[i], 0, PAGE);
+		memset(w.page[i] + SENTINEL_OFF, 0xa5, SENTINEL_LEN);
+	}
+	ASSERT_EQ(0, get_stats(g, &s));
+	offlined0 = s.offlined;
+	ASSERT_EQ(0, pthread_create(&th[0], NULL, writer_loop, &w));
+	ASSERT_EQ(0, pthread_create(&th[1], NULL, reader_loop, &w));
+	ASSERT_EQ(0, pthread_create(&th[2], NULL, gup_loop, &w));
+	for (int r = 0; r < ROUNDS; r++) {
+		uint32_t ids[2 * K];
+		int heads[K], seen = 0, n;
+		uint64_t base;
+
+		ASSERT_EQ(0, get_stats(g, &s));
+		base = s.sent_zerocopy;
+		for (int i = 0; i < K; i++) {
+			heads[i] = post_at(g, hdrs + i * 64, w.page[i], mac_held, r * K + i);
+			ASSERT_LE(0, heads[i]);
+			memcpy(orig[i], w.page[i], ZC_LEN);
+		}
+		ASSERT_TRUE(WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
+		ASSERT_EQ(base + K, s.sent_zerocopy) TH_LOG("round %d: some frames were copied", r);
+		usleep(2000);	/* past the 1 ms deadline */
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+		n = reap_all(g, ids, K, 2000);
+		n += reap_all(g, ids + n, 2 * K - n, 20);
+		for (int i = 0; i < K; i++)
+			for (int j = 0; j < n; j++)
+				seen += ids[j] == (uint32_t)heads[i];
+		ASSERT_EQ(K, n) TH_LOG("round %d: %d heads returned", r, n);
+		ASSERT_EQ(K, seen);
+		for (int i = 0; i < K; i++) {
+			ASSERT_EQ(0, memcmp(w.page[i], orig[i], ZC_LEN))
+				TH_LOG("round %d: frame %d changed", r, i);
+		}
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+		/* Free the held skbs now and then: a queue holds 128 at most. */
+		if (r % 8 == 7) {
+			plug(false);
+			ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 5000));
+			plug(true);
+		}
+		rounds_done++;
+	}
+	atomic_store(&w.stop, true);
+	for (int i = 0; i < 3; i++)
+		pthread_join(th[i], NULL);
+	ASSERT_EQ(0, get_stats(g, &s));
+	TH_LOG("%ld rounds, %llu buffers offlined, %llu pages; writer %ld passes, %ld lost writes, %ld stale reads; GUP writer %ld passes, %ld lost writes, %ld errors",
+	       rounds_done, s.offlined - offlined0, s.offlined_pages, w.passes, w.lost, w.stale,
+	       w.gup_passes, w.gup_lost, w.gup_errors);
+	EXPECT_LE(1000, (long)(s.offlined - offlined0));
+	EXPECT_EQ(0, w.lost);
+	EXPECT_EQ(0, w.stale);
+	EXPECT_EQ(0, w.gup_lost);
+	EXPECT_EQ(0, w.gup_errors);
+	plug(false);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0 && s.held_pages == 0, 5000));
+}
+
+/*
+ * S13: completions racing the offline of the same buffers. A thread releases and plugs
+ * the qdisc at random intervals; each round sends two frames into it, lets them expire
+ * (1 ms) and resets. Whether a buffer completes before the reset looks, while it offlines
+ * it, or after, its head is used exactly once.
+ */
+TEST_F_TIMEOUT(safe, completion_races_offline, 1500)
+{
+	enum { RACE_ROUNDS = 10000, PER = 2 };
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct toggler t;
+	long total = 0, extra = 0;
+	uint64_t offlined0;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	ASSERT_EQ(0, toggler_start(&t)) TH_LOG("rtnetlink plug control failed");
+	ASSERT_EQ(0, get_stats(g, &s));
+	offlined0 = s.offlined;
+	for (int r = 0; r < RACE_ROUNDS; r++) {
+		uint32_t ids[4 * PER];
+		int heads[PER], n;
+
+		for (int i = 0; i < PER; i++) {
+			heads[i] = send_frame(g, mac_held, ZC_LEN, r + i, NULL);
+			ASSERT_LE(0, heads[i]);
+		}
+		total += PER;
+		ASSERT_TRUE(WAIT_FOR(g, s, (long)(s.sent_zerocopy + s.sent_copy) >= total, 5000));
+		usleep((r % 4) * 700);
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+		n = reap_all(g, ids, PER, 2000);
+		n += reap_all(g, ids + n, 4 * PER - n, 0);
+		for (int i = 0; i < PER; i++) {
+			int seen = 0;
+
+			for (int j = 0; j < n; j++)
+				seen += ids[j] == (uint32_t)heads[i];
+			ASSERT_EQ(1, seen) TH_LOG("round %d: head %d used %d times", r, heads[i], seen);
+		}
+		extra += n - PER;
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+		g->mem_used = 2 * PAGE * 4;
+	}
+	toggler_stop(&t);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0 && s.held_pages == 0, 5000));
+	TH_LOG("%d rounds, %ld frames: %llu zero-copy, %llu offlined, %llu completed; %ld plug toggles (%ld errors)",
+	       RACE_ROUNDS, total, s.sent_zerocopy, s.offlined - offlined0, s.completed,
+	       t.toggles, t.errors);
+	EXPECT_EQ(0, extra);
+	EXPECT_EQ(0, t.errors);
+	EXPECT_EQ(s.sent_zerocopy, s.completed);
+	/* Both sides of the race happened many times. */
+	EXPECT_LE(RACE_ROUNDS / 10, (long)(s.offlined - offlined0));
+	EXPECT_LE(RACE_ROUNDS / 10, (long)(s.completed - (s.offlined - offlined0)));
+}
+
+/*
+ * close and RESET_OWNER racing completions and 1 ms deadlines: each round sets a device up
+ * on the tap, sends frames to both ports and tears it down at once, while the qdisc is
+ * toggled. The device's worker is freed each time; nothing may reach it afterwards
+ * (KASAN, lockdep and the kernel log check judge).
+ */
+TEST_F_TIMEOUT(safe, teardown_races, 900)
+{
+	enum { TD_ROUNDS = 600 };
+	struct toggler t;
+	long zc = 0;
+
+	vg_close(&self->e.g);
+	ASSERT_EQ(0, toggler_start(&t));
+	for (int r = 0; r < TD_ROUNDS; r++) {
+		struct vhost_net_zc_stats s;
+		struct vg_guest g;
+
+		ASSERT_EQ(0, vg_open(&g, "/dev/vhost-net-zc", 1 << 20));
+		ASSERT_EQ(0, vg_setup(&g, 1ULL << VIRTIO_F_VERSION_1, RING));
+		ASSERT_EQ(0, set_u32(&g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+		ASSERT_EQ(0, vg_set_backend(&g, VG_TX, self->e.tap_fd));
+		for (int i = 0; i < 4; i++)
+			ASSERT_LE(0, send_frame(&g, i & 1 ? mac_free : mac_held, ZC_LEN, r + i, NULL));
+		usleep((r % 5) * 400);
+		if (get_stats(&g, &s) == 0)
+			zc += s.sent_zerocopy;
+		if (r % 2) {
+			ASSERT_EQ(0, ioctl(g.fd, VHOST_RESET_OWNER));
+			/* A new owner can set the device up again. */
+			ASSERT_EQ(0, vg_set_owner(&g));
+		}
+		vg_close(&g);
+	}
+	toggler_stop(&t);
+	TH_LOG("%d devices torn down, %ld frames seen sent zero-copy, %ld plug toggles", TD_ROUNDS,
+	       zc, t.toggles);
+	EXPECT_LE(TD_ROUNDS / 4, zc);
+	/* Keep the fixture's teardown happy. */
+	ASSERT_EQ(0, vg_open(&self->e.g, "/dev/vhost-net-zc", 1 << 16));
+}
+
+/*
+ * S14: the ring reprogrammed after a reset that left buffers in flight (refused: guest
+ * memory shared with a file, preserve mode), as QEMU does when the guest reboots. When
+ * the qdisc is released, none of their heads may appear in the new used ring.
+ */
+FIXTURE(shared) {
+	struct zc_env e;
+};
+
+FIXTURE_SETUP(shared)
+{
+	self->e.mem_flags = VG_MEM_SHARED;
+	env_setup(_metadata, &self->e, 1ULL << VIRTIO_F_VERSION_1);
+	no_captures(&self->e);
+}
+
+FIXTURE_TEARDOWN(shared)
+{
+	env_teardown(_metadata, &self->e);
+}
+
+TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct vg_vq *vq = &g->vq[VG_TX];
+	uint32_t ids[16];
+	int old[4], fresh[2], n;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	for (int i = 0; i < 4; i++) {
+		old[i] = send_frame(g, mac_held, ZC_LEN, i, NULL);
+		ASSERT_LE(0, old[i]);
+	}
+	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 4, 3000));
+	usleep(30 * 1000);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(0, get_stats(g, &s));
+	EXPECT_EQ(4, (long)s.offline_refused);
+	EXPECT_EQ(0, reap_all(g, ids, 16, 100)) TH_LOG("a refused buffer's head came back");
+	/* The guest reboots: new rings, somewhere else, starting at index 0. */
+	close(vq->kick_fd);
+	close(vq->call_fd);
+	close(vq->err_fd);
+	ASSERT_EQ(0, vg_setup_vq(g, VG_TX, RING));
+	vq->avail_idx = vq->last_used = vq->next_desc = 0;
+	ASSERT_EQ(0, get_stats(g, &s));
+	EXPECT_EQ(4, (long)s.abandoned);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	for (int i = 0; i < 2; i++) {
+		fresh[i] = send_frame(g, mac_free, ZC_LEN, 10 + i, NULL);
+		ASSERT_LE(0, fresh[i]);
+	}
+	plug(false);
+	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	n = reap_all(g, ids, 2, 2000);
+	n += reap_all(g, ids + n, 16 - n, 300);
+	EXPECT_EQ(2, n) TH_LOG("%d heads in the new ring, 2 expected", n);
+	for (int j = 0; j < n; j++) {
+		EXPECT_TRUE(ids[j] == (uint32_t)fresh[0] || ids[j] == (uint32_t)fresh[1])
+			TH_LOG("head %u in the new ring is not one sent on it", ids[j]);
+	}
+}
+
+/* The frames of a refusal test, and a check that they stayed in guest memory. */
+struct held {
+	int head[4];
+	uint8_t *at[4];
+	uint8_t orig[4][ZC_LEN];
+};
+
+static void send_four(struct __test_metadata *_metadata, struct vg_guest *g, struct held *h,
+		      uint8_t *pages)
+{
+	struct vhost_net_zc_stats s;
+	uint8_t *hdrs = vg_alloc(g, PAGE, PAGE);
+
+	ASSERT_NE(NULL, hdrs);
+	for (int i = 0; i < 4; i++) {
+		h->at[i] = pages + i * PAGE;
+		h->head[i] = post_at(g, hdrs + i * 64, h->at[i], mac_held, 40 + i);
+		ASSERT_LE(0, h->head[i]);
+		memcpy(h->orig[i], h->at[i], ZC_LEN);
+	}
+	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 4, 3000));
+	usleep(30 * 1000);	/* past the 20 ms deadline */
+}
+
+static void expect_intact(struct __test_metadata *_metadata, const struct held *h)
+{
+	for (int i = 0; i < 4; i++) {
+		EXPECT_EQ(0, memcmp(h->at[i], h->orig[i], ZC_LEN)) TH_LOG("frame %d changed", i);
+	}
+}
+
+/* Released: the packets leave, the refused heads come back then, exactly once each. */
+static void release_and_reap(struct __test_metadata *_metadata, struct vg_guest *g,
+			     struct held *h, int expect)
+{
+	struct vhost_net_zc_stats s;
+	uint32_t ids[16];
+	int n;
+
+	plug(false);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	n = reap_all(g, ids, expect, 2000);
+	n += reap_all(g, ids + n, 16 - n, 200);
+	EXPECT_EQ(expect, n);
+}
+
+/* S15: a page pinned for DMA (io_uring fixed buffers pin with FOLL_LONGTERM) is refused. */
+TEST_F_TIMEOUT(safe, refuse_dma_pinned, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct io_uring_params p = { 0 };
+	struct vhost_net_zc_stats s;
+	struct held h;
+	struct iovec iov;
+	uint8_t *pages;
+	uint32_t ids[8];
+	int ring;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	pages = vg_alloc(g, 4 * PAGE, PAGE);
+	ASSERT_NE(NULL, pages);
+	memset(pages, 1, 4 * PAGE);
+	ring = syscall(__NR_io_uring_setup, 4, &p);
+	ASSERT_LE(0, ring) TH_LOG("io_uring_setup: %s", strerror(errno));
+	iov = (struct iovec){ pages, 4 * PAGE };
+	ASSERT_EQ(0, syscall(__NR_io_uring_register, ring, IORING_REGISTER_BUFFERS, &iov, 1))
+		TH_LOG("IORING_REGISTER_BUFFERS: %s", strerror(errno));
+	send_four(_metadata, g, &h, pages);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(0, get_stats(g, &s));
+	TH_LOG("refused %llu (pinned %llu), offlined %llu", s.offline_refused, s.offline_pinned,
+	       s.offlined);
+	EXPECT_EQ(4, (long)s.offline_refused);
+	EXPECT_EQ(4, (long)s.offline_pinned);
+	EXPECT_EQ(0, (long)s.offlined);
+	EXPECT_EQ(0, reap_all(g, ids, 8, 100));
+	expect_intact(_metadata, &h);
+	close(ring);
+	release_and_reap(_metadata, g, &h, 4);
+}
+
+/* S15: a range registered with userfaultfd: refused, memory intact. */
+TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct uffdio_api api = { .api = UFFD_API };
+	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
+	struct vhost_net_zc_stats s;
+	struct held h;
+	uint8_t *pages;
+	uint32_t ids[8];
+	int uffd;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	pages = vg_alloc(g, 4 * PAGE, PAGE);
+	ASSERT_NE(NULL, pages);
+	memset(pages, 1, 4 * PAGE);
+	uffd = syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	ASSERT_LE(0, uffd) TH_LOG("userfaultfd: %s", strerror(errno));
+	ASSERT_EQ(0, ioctl(uffd, UFFDIO_API, &api));
+	reg.range.start = (uintptr_t)pages;
+	reg.range.len = 4 * PAGE;
+	ASSERT_EQ(0, ioctl(uffd, UFFDIO_REGISTER, &reg)) TH_LOG("UFFDIO_REGISTER: %s",
+								 strerror(errno));
+	send_four(_metadata, g, &h, pages);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(0, get_stats(g, &s));
+	EXPECT_EQ(4, (long)s.offline_refused);
+	EXPECT_EQ(0, (long)s.offlined);
+	EXPECT_EQ(0, reap_all(g, ids, 8, 100));
+	expect_intact(_metadata, &h);
+	close(uffd);
+	release_and_reap(_metadata, g, &h, 4);
+}
+
+/*
+ * S15: memory remapped since the send (the VMM unplugged and replugged it): the pages
+ * mapped there now are not the skb's, so they are skipped (counted), their content
+ * untouched, and the heads returned.
+ */
+TEST_F_TIMEOUT(safe, skip_remapped, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct held h;
+	uint8_t *pages;
+	uint32_t ids[8];
+	int n;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	pages = vg_alloc(g, 4 * PAGE, PAGE);
+	ASSERT_NE(NULL, pages);
+	send_four(_metadata, g, &h, pages);
+	ASSERT_EQ(pages, mmap(pages, 4 * PAGE, PROT_READ | PROT_WRITE,
+			      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+	memset(pages, 0x3c, 4 * PAGE);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	n = reap_all(g, ids, 4, 1000);
+	ASSERT_EQ(0, get_stats(g, &s));
+	TH_LOG("skipped %llu pages, offlined %llu buffers (%llu pages)", s.offline_skipped_pages,
+	       s.offlined, s.offlined_pages);
+	EXPECT_EQ(4, n);
+	EXPECT_EQ(4, (long)s.offlined);
+	/* The frames' pages; their headers' page was not remapped and is offlined. */
+	EXPECT_EQ(4, (long)s.offline_skipped_pages);
+	for (int i = 0; i < 4 * PAGE; i++) {
+		if (pages[i] != 0x3c) {
+			EXPECT_EQ(0x3c, pages[i]) TH_LOG("remapped memory changed at byte %d", i);
+			break;
+		}
+	}
+	plug(false);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+}
+
+/*
+ * A reset waits only for the buffers whose heads the guest has not had back. Buffer A is
+ * offlined by a first reset, its skb left in vnzcd0's plug; buffer B, sent with a 5 s
+ * deadline into a second plug on vnzcd1, is released 300 ms into the second reset: the
+ * reset returns then, not at B's deadline, although A is still in flight.
+ */
+static void *release_d1_later(void *arg)
+{
+	usleep(300 * 1000);
+	if (system("tc qdisc change dev vnzcd1 root plug release_indefinite"))
+		fprintf(stderr, "# could not release vnzcd1\n");
+	return NULL;
+}
+
+TEST_F_TIMEOUT(safe, reset_waits_only_live, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	pthread_t th;
+	uint32_t ids[8];
+	long t0, took;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_LE(0, send_frame(g, mac_held, ZC_LEN, 1, NULL));
+	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 1, 3000));
+	usleep(30 * 1000);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(1, reap_all(g, ids, 1, 500));
+	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(1, (long)s.offlined);	/* A, its skb still held */
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	ASSERT_EQ(0, system("tc qdisc add dev vnzcd1 root plug limit 100000000"));
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 5000));
+	ASSERT_LE(0, send_frame(g, mac_free, ZC_LEN, 2, NULL));
+	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 2, 3000));
+	ASSERT_EQ(0, pthread_create(&th, NULL, release_d1_later, NULL));
+	t0 = now_ms();
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	took = now_ms() - t0;
+	pthread_join(th, NULL);
+	TH_LOG("SET_BACKEND -1 took %ld ms: B released after 300 ms, A still held (5 s deadline)",
+	       took);
+	EXPECT_LE(250, took);
+	EXPECT_GT(2000, took);
+	ASSERT_EQ(1, reap_all(g, ids, 1, 500));
+	ASSERT_EQ(0, get_stats(g, &s));
+	EXPECT_EQ(1, (long)s.in_flight);
+	plug(false);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+}
+
+/* A VMM blocked in a reset (a 60 s deadline) is reaped as soon as it is killed. */
+TEST_F_TIMEOUT(safe, kill_in_reset, 120)
+{
+	int ready[2], status = 0;
+	long t0, gone = -1;
+	char state = '?';
+	pid_t pid;
+	char c;
+
+	vg_close(&self->e.g);
+	ASSERT_EQ(0, pipe(ready));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		struct vg_guest g;
+
+		if (vg_open(&g, "/dev/vhost-net-zc", 1 << 20) ||
+		    vg_setup(&g, 1ULL << VIRTIO_F_VERSION_1, RING) ||
+		    set_u32(&g, VHOST_NET_ZC_SET_TIMEOUT, 60000) ||
+		    vg_set_backend(&g, VG_TX, self->e.tap_fd))
+			_exit(1);
+		for (int i = 0; i < 3; i++)
+			if (send_frame(&g, mac_held, ZC_LEN, i, NULL) < 0)
+				_exit(1);
+		usleep(300 * 1000);
+		if (write(ready[1], "r", 1) != 1)
+			_exit(1);
+		vg_set_backend(&g, VG_TX, -1);	/* waits up to the deadline */
+		_exit(2);
+	}
+	close(ready[1]);
+	ASSERT_EQ(1, read(ready[0], &c, 1));
+	usleep(500 * 1000);
+	{
+		char path[64], stat[256] = "";
+		FILE *fp;
+
+		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+		fp = fopen(path, "r");
+		if (fp && fgets(stat, sizeof(stat), fp) && strrchr(stat, ')'))
+			state = strrchr(stat, ')')[2];
+		if (fp)
+			fclose(fp);
+	}
+	/* A killable sleep (TASK_KILLABLE) shows as D; the hung-task detector skips it. */
+	TH_LOG("the VMM waits in the reset in state %c", state);
+	EXPECT_TRUE(state == 'D' || state == 'S');
+	t0 = now_ms();
+	kill(pid, SIGKILL);
+	while (now_ms() - t0 < 5000) {
+		if (waitpid(pid, &status, WNOHANG) == pid) {
+			gone = now_ms() - t0;
+			break;
+		}
+		usleep(5 * 1000);
+	}
+	TH_LOG("reaped %ld ms after SIGKILL", gone);
+	ASSERT_LE(0, gone);
+	EXPECT_GT(1000, gone);
+	EXPECT_TRUE(WIFSIGNALED(status));
+	close(ready[0]);
+	ASSERT_EQ(0, vg_open(&self->e.g, "/dev/vhost-net-zc", 1 << 16));
+}
+
+/*
+ * S15: private hugetlb memory with the pool exactly sized (no free page for a copy):
+ * the offline is refused before anything is zapped; the guest's bytes stay.
+ */
+FIXTURE(hpool) {
+	struct zc_env e;
+};
+
+FIXTURE_SETUP(hpool)
+{
+	/* Exactly the guest's 4 MiB: nothing left for a copy. */
+	if (system("echo 0 > /proc/sys/vm/nr_hugepages && echo 2 > /proc/sys/vm/nr_hugepages"))
+		SKIP(return, "cannot size the hugetlb pool");
+	self->e.mem_flags = VG_MEM_HUGETLB;
+	env_setup(_metadata, &self->e, 1ULL << VIRTIO_F_VERSION_1);
+	no_captures(&self->e);
+}
+
+FIXTURE_TEARDOWN(hpool)
+{
+	env_teardown(_metadata, &self->e);
+	if (system("echo 0 > /proc/sys/vm/nr_hugepages"))
+		TH_LOG("could not empty the hugetlb pool");
+}
+
+TEST_F_TIMEOUT(hpool, refuse_pool_exhausted, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct held h;
+	uint8_t *pages;
+	uint32_t ids[8];
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	/* Touch all of guest memory: both huge pages taken from the pool. */
+	memset(g->mem + g->mem_used, 0, g->mem_size - g->mem_used);
+	pages = vg_alloc(g, 4 * PAGE, PAGE);
+	ASSERT_NE(NULL, pages);
+	send_four(_metadata, g, &h, pages);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(0, get_stats(g, &s));
+	EXPECT_EQ(4, (long)s.offline_refused);
+	EXPECT_EQ(0, (long)s.offlined);
+	EXPECT_EQ(0, reap_all(g, ids, 8, 100));
+	expect_intact(_metadata, &h);
+	release_and_reap(_metadata, g, &h, 4);
+}
+
+/* The first version's GET_STATS command still answers, with that version's bytes only. */
+TEST(stats_v1_command)
+{
+	struct vhost_net_zc_stats s;
+	struct vg_guest g;
+
+	ASSERT_EQ(0, vg_open(&g, "/dev/vhost-net-zc", 1 << 16));
+	ASSERT_EQ(0, set_u32(&g, VHOST_NET_ZC_SET_TIMEOUT, 321));
+	memset(&s, 0xee, sizeof(s));
+	ASSERT_EQ(0, ioctl(g.fd, GET_STATS_V1, &s));
+	EXPECT_EQ(321U, s.timeout_ms);
+	EXPECT_EQ(0xeeeeeeeeeeeeeeeeULL, s.offline_pinned);
+	EXPECT_EQ(0xeeeeeeeeeeeeeeeeULL, s.offline_skipped_pages);
+	ASSERT_EQ(0, ioctl(g.fd, VHOST_NET_ZC_GET_STATS, &s));
+	EXPECT_EQ(0ULL, s.offline_pinned);
+	vg_close(&g);
+}
+
+TEST_HARNESS_MAIN
