@@ -344,3 +344,49 @@ fn replace(
     }
     Ok(())
 }
+
+#[kernel::macros::kunit_tests(vhost_net_zc_offline)]
+mod tests {
+    use super::*;
+
+    const P: usize = PAGE_SIZE;
+
+    /// A case: the ranges, the room for pages, and the pages or the errno expected.
+    type Case<'a> = (&'a [Range], usize, core::result::Result<&'a [usize], i32>);
+
+    /// The page addresses `pages_of` gives for `ranges`, or its errno.
+    fn addrs(ranges: &[Range], room: usize) -> core::result::Result<KVec<usize>, i32> {
+        let mut out = [BufPage::default(); 8];
+        let n = pages_of(ranges, &mut out[..room]).map_err(|e| e.to_errno())?;
+        let mut v = KVec::new();
+        for p in &out[..n] {
+            v.push(p.addr, GFP_KERNEL).map_err(|_| ENOMEM.to_errno())?;
+        }
+        Ok(v)
+    }
+
+    #[test]
+    fn pages_of_ranges() {
+        let r = |addr, len| Range { addr, len };
+        // (ranges, room, pages or errno): page edges at N-1, N, N+1.
+        let cases: [Case<'_>; 9] = [
+            (&[], 8, Ok(&[])),
+            (&[r(10 * P, 0)], 8, Ok(&[])),
+            (&[r(10 * P, 1)], 8, Ok(&[10 * P])),
+            (&[r(10 * P, P)], 8, Ok(&[10 * P])),
+            (&[r(10 * P, P + 1)], 8, Ok(&[10 * P, 11 * P])),
+            (&[r(11 * P - 1, 2)], 8, Ok(&[10 * P, 11 * P])),
+            // Two ranges in one page: the page once.
+            (&[r(10 * P, 8), r(10 * P + 100, 8)], 8, Ok(&[10 * P])),
+            (&[r(10 * P, 3 * P)], 2, Err(E2BIG.to_errno())),
+            (&[r(usize::MAX - 10, 20)], 8, Err(EFAULT.to_errno())),
+        ];
+        for (ranges, room, want) in cases {
+            let got = addrs(ranges, room);
+            match want {
+                Ok(want) => assert_eq!(got.as_deref().ok(), Some(want)),
+                Err(want) => assert_eq!(got.err(), Some(want)),
+            }
+        }
+    }
+}

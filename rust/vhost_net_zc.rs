@@ -209,10 +209,15 @@ impl kernel::InPlaceModule for VhostNetZcModule {
         })
         .pin_chain(|_| {
             pr_info!(
-                "/dev/vhost-net-zc ready (zcopy_tx={} copy_threshold={} timeout_ms={})\n",
+                "/dev/vhost-net-zc ready (zcopy_tx={} copy_threshold={} timeout_ms={} preserve={})\n",
                 module_parameters::zcopy_tx.value(),
                 module_parameters::copy_threshold.value(),
-                module_parameters::timeout_ms.value()
+                module_parameters::timeout_ms.value(),
+                if mm::can_share_pages() {
+                    "copy-on-write"
+                } else {
+                    "zap-and-refill (this kernel lacks vma_share_anon_page(): a weaker guarantee, see the admin guide)"
+                }
             );
             Ok(())
         })
