@@ -16,6 +16,7 @@
 #include <linux/ptr_ring.h>
 #include <linux/skb_array.h>
 #include <linux/userfaultfd_k.h>
+#include <linux/vhost_iotlb.h>
 #include <net/xdp.h>
 #include <net/sock.h>
 
@@ -348,4 +349,35 @@ bool vnzc_vma_uffd_armed(struct vm_area_struct *vma)
 bool vnzc_page_maybe_dma_pinned(struct page *page)
 {
 	return folio_maybe_dma_pinned(page_folio(page));
+}
+
+/*
+ * Marks in @vq's dirty log the guest pages that map the @len bytes at @hva of the owner's
+ * address space: the out-of-line equivalent, for this module, of the vhost core's static
+ * log_write_hva(), for memory whose content changed without a descriptor saying so. Every
+ * region of the memory table that maps part of the range is logged (one host page may back
+ * several guest addresses). The caller holds @vq's mutex and runs in the owner's mm.
+ */
+int vnzc_log_hva(struct vhost_virtqueue *vq, u64 hva, u64 len)
+{
+	struct vhost_iotlb_map *map;
+	int r;
+
+	if (!vq->umem || !len)
+		return 0;
+	list_for_each_entry(map, &vq->umem->list, link) {
+		struct vhost_log log;
+		u64 start, end;
+
+		if (map->addr > hva + len - 1 || map->addr + map->size - 1 < hva)
+			continue;
+		start = max(map->addr, hva);
+		end = min(map->addr + map->size - 1, hva + len - 1);
+		log.addr = map->start + (start - map->addr);
+		log.len = end - start + 1;
+		r = vhost_log_write(vq, &log, 1, log.len, NULL, 0);
+		if (r < 0)
+			return r;
+	}
+	return 0;
 }

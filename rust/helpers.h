@@ -60,5 +60,6 @@ int vnzc_lookup_pages(unsigned long start, int nr, struct page **pages);
 long vnzc_hugetlb_available(struct vm_area_struct *vma);
 bool vnzc_vma_uffd_armed(struct vm_area_struct *vma);
 bool vnzc_page_maybe_dma_pinned(struct page *page);
+int vnzc_log_hva(struct vhost_virtqueue *vq, u64 hva, u64 len);
 
 #endif /* _VNZC_HELPERS_H */

@@ -246,8 +246,22 @@ fn offline_and_return(
                     }
                 }
             }
-            if let Err(e) = offliner.finish() {
-                last_err = Some(e);
+            match offliner.finish() {
+                // Discard zeroed them: a migration must send them again.
+                Ok(changed) => {
+                    if let Some(vq) = vq {
+                        for (start, len) in changed {
+                            if let Err(e) = vq.log_hva(start, len) {
+                                vhost::debug(
+                                    c"TX: dirty log write failed (errno)",
+                                    e.to_errno(),
+                                    0,
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => last_err = Some(e),
             }
         }
         // Killed while waiting for the lock: the buffers stay in flight, not refused.

@@ -188,6 +188,9 @@ pub(crate) struct Offliner<'a> {
     lock: MmapWriteGuard<'a>,
     /// Holes to punch once the lock is dropped: file, offset, length.
     holes: KVec<(ARef<File>, i64, usize)>,
+    /// The address ranges whose content changed (discard mode): start, length. The dirty
+    /// log must hear of them, during a migration.
+    changed: KVec<(usize, usize)>,
 }
 
 impl<'a> Offliner<'a> {
@@ -200,6 +203,7 @@ impl<'a> Offliner<'a> {
         Ok(Offliner {
             lock: mm::mmap_write_lock(mm)?,
             holes: KVec::new(),
+            changed: KVec::new(),
         })
     }
 
@@ -223,7 +227,11 @@ impl<'a> Offliner<'a> {
     /// Nothing is changed when the checks fail (the first two); see the
     /// [module documentation](self) for the others.
     pub(crate) fn offline(&mut self, pages: &[BufPage], mode: Mode) -> Result<Outcome> {
-        let Offliner { lock, holes } = self;
+        let Offliner {
+            lock,
+            holes,
+            changed,
+        } = self;
         // Check every page before any is touched.
         let mut huge_needed = 0usize;
         let mut last_huge = None;
@@ -286,6 +294,9 @@ impl<'a> Offliner<'a> {
                     done_huge = Some(start);
                     lock.start_write(vma);
                     replace(lock, holes, vma, start, size, mode)?;
+                    if mode == Mode::Discard {
+                        changed.push((start, size), GFP_KERNEL)?;
+                    }
                     out.offlined += size / PAGE_SIZE;
                 }
             }
@@ -293,18 +304,23 @@ impl<'a> Offliner<'a> {
         Ok(out)
     }
 
-    /// Drops the lock, then punches the holes discard mode needs in shared memory.
+    /// Drops the lock, then punches the holes discard mode needs in shared memory. Returns
+    /// the address ranges whose content changed (start, length), for the dirty log.
     ///
     /// # Errors
     ///
     /// The errno of `vfs_fallocate()`, `EOPNOTSUPP` if the file system cannot punch holes.
-    pub(crate) fn finish(self) -> Result {
-        let Offliner { lock, holes } = self;
+    pub(crate) fn finish(self) -> Result<KVec<(usize, usize)>> {
+        let Offliner {
+            lock,
+            holes,
+            changed,
+        } = self;
         drop(lock);
         for (file, offset, len) in &holes {
             mm::punch_hole(file, *offset, *len)?;
         }
-        Ok(())
+        Ok(changed)
     }
 }
 

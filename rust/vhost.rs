@@ -879,6 +879,24 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         }
     }
 
+    /// Records in the dirty log (with `VHOST_F_LOG_ALL`) that the `len` bytes at `hva` of
+    /// the owner's address space changed: every guest page the memory table maps there.
+    /// Must run in the owner's address space, where the log is.
+    ///
+    /// # Errors
+    ///
+    /// `EFAULT` if the log cannot be written.
+    pub(crate) fn log_hva(&self, hva: usize, len: usize) -> Result {
+        if !self.has_feature(bindings::VHOST_F_LOG_ALL) {
+            return Ok(());
+        }
+        // SAFETY: The virtqueue is initialised and its mutex held; the helper only reads the
+        // memory table and writes the user's log through the vhost core.
+        kernel::error::to_result(unsafe {
+            bindings::vnzc_log_hva(self.raw(), hva as u64, len as u64)
+        })
+    }
+
     /// Records in the dirty log the `len` bytes written through the chains of `bufs`.
     pub(crate) fn log_rx(&self, bufs: &RxBufs, len: usize) {
         if !self.has_feature(bindings::VHOST_F_LOG_ALL) {

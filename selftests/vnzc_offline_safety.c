@@ -16,7 +16,8 @@
  *   exhausted hugetlb pool: refused, memory intact; a page remapped since the send:
  *   skipped, its new content intact;
  * - a reset waits only for the buffers still the guest's, and a VMM killed while it waits
- *   is reaped at once.
+ *   is reaped at once;
+ * - with dirty logging on (a migration), what a VM reset zeroes is marked in the log.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -858,6 +859,56 @@ TEST_F_TIMEOUT(hpool, refuse_pool_exhausted, 120)
 	EXPECT_EQ(0, reap_all(g, ids, 8, 100));
 	expect_intact(_metadata, &h);
 	release_and_reap(_metadata, g, &h, 4);
+}
+
+/*
+ * Migration-safe: with VHOST_F_LOG_ALL (a live migration in progress), the pages a VM
+ * reset zeroes (discard mode) are marked in the dirty log, so the destination gets them
+ * again; a page it did not touch is not.
+ */
+static bool page_logged(const uint8_t *bitmap, uint64_t gpa)
+{
+	uint64_t page = gpa / PAGE;
+
+	return bitmap[page / 8] & (1 << (page % 8));
+}
+
+TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
+{
+	const size_t map_len = ((VG_GPA_BASE + (1 << 20)) / PAGE / 8 + PAGE - 1) & ~(PAGE - 1ULL);
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	uint8_t *bitmap, *pages, *untouched;
+	uint32_t ids[8];
+	struct held h;
+	uint64_t base;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	bitmap = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, bitmap);
+	base = (uint64_t)(uintptr_t)bitmap;
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_LOG_BASE, &base));
+	ASSERT_EQ(0, vg_set_features(g, (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VHOST_F_LOG_ALL)));
+	pages = vg_alloc(g, 4 * PAGE, PAGE);
+	untouched = vg_alloc(g, PAGE, PAGE);
+	ASSERT_NE(NULL, pages);
+	ASSERT_NE(NULL, untouched);
+	memset(untouched, 7, PAGE);
+	send_four(_metadata, g, &h, pages);
+	memset(bitmap, 0, map_len);
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_VM_RESET, 0));
+	ASSERT_EQ(4, reap_all(g, ids, 4, 1000));
+	ASSERT_EQ(0, get_stats(g, &s));
+	EXPECT_EQ(4, (long)s.offlined);
+	for (int i = 0; i < 4; i++) {
+		EXPECT_TRUE(page_logged(bitmap, vg_gpa(g, h.at[i])))
+			TH_LOG("zeroed frame page %d not in the dirty log", i);
+		EXPECT_EQ(0, h.at[i][20]) TH_LOG("frame %d not zeroed", i);
+	}
+	EXPECT_FALSE(page_logged(bitmap, vg_gpa(g, untouched))) TH_LOG("spurious log bit");
+	plug(false);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	munmap(bitmap, map_len);
 }
 
 /* The first version's GET_STATS command still answers, with that version's bytes only. */
