@@ -516,8 +516,11 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     }
     if ledger.reclaim() && ledger.expired() != 0 {
         if let Some(mm) = dev.worker_mm() {
-            let victims = pool.victims(&ledger, false);
-            offline_and_return(Some(vq), &mut ledger, &mm, &victims, Mode::Preserve);
+            // Not again those refused before: only a reset retries them.
+            let victims = pool.victims(&ledger, false).without(&ledger.refused_set());
+            if !victims.is_empty() {
+                offline_and_return(Some(vq), &mut ledger, &mm, &victims, Mode::Preserve);
+            }
         }
     }
     let Some(sock) = begin(vq) else {
@@ -894,7 +897,12 @@ impl VhostNetZc {
     ///
     /// # Errors
     ///
-    /// `EFAULT` if the argument cannot be read, `EINVAL` if it is neither 0 nor 1.
+    /// Reclaim offlines guest memory without a reset, so only the owner (the VMM whose
+    /// address space the guest is) may change it, or a caller with `CAP_NET_ADMIN` (a
+    /// privileged launcher that configures the device before it hands the file to the VMM).
+    ///
+    /// `EFAULT` if the argument cannot be read, `EINVAL` if it is neither 0 nor 1, `EPERM`
+    /// if the caller is neither the owner nor has `CAP_NET_ADMIN`.
     fn set_reclaim(&self, arg: UserPtr) -> Result<isize> {
         let on: u32 = UserSlice::new(arg, size_of::<u32>()).reader().read()?;
         let on = match on {
@@ -902,6 +910,12 @@ impl VhostNetZc {
             1 => true,
             _ => return Err(EINVAL),
         };
+        {
+            let dev = self.vhost.lock();
+            if dev.check_owner().is_err() && !vhost::capable_net_admin() {
+                return Err(EPERM);
+            }
+        }
         let pool = &self.vhost.data().tx;
         pool.ledger().set_reclaim(on);
         if on {

@@ -159,6 +159,12 @@ pub(crate) fn caller_exiting() -> bool {
     unsafe { bindings::vnzc_current_exiting() }
 }
 
+/// Whether the calling task has `CAP_NET_ADMIN` (checked, and audited, as `capable()`).
+pub(crate) fn capable_net_admin() -> bool {
+    // SAFETY: Checks the current task's credentials; no precondition.
+    unsafe { kernel::bindings::capable(kernel::bindings::CAP_NET_ADMIN as i32) }
+}
+
 /// A debug line about something a guest or the network did, through dynamic debug (off
 /// unless enabled), so that a guest cannot flood the host log.
 pub(crate) fn debug(what: &CStr, a: impl TryInto<i64>, b: impl TryInto<i64>) {

@@ -183,6 +183,9 @@ pub(crate) struct Ledger {
     deadline: [i64; MAX_PEND],
     /// Bit `i` set: slot `i` was found in flight past its deadline.
     expired: [u64; WORDS],
+    /// Bit `i` set: offlining slot `i` was refused; reclaim on expiry does not try again
+    /// (a reset does).
+    refused: [u64; WORDS],
     /// The base pages of each busy slot's buffer: `MAX_PAGES` per slot, the first
     /// `npages[i]` of slot `i` used.
     pages: KVVec<BufPage>,
@@ -306,6 +309,7 @@ impl Pool {
                     heads: [0; MAX_PEND],
                     deadline: [0; MAX_PEND],
                     expired: [0; WORDS],
+                    refused: [0; WORDS],
                     pages,
                     npages: [0; MAX_PEND],
                     held: [0; MAX_PEND],
@@ -369,6 +373,7 @@ impl Pool {
         ledger.busy[w] |= m;
         ledger.stale[w] &= !m;
         ledger.expired[w] &= !m;
+        ledger.refused[w] &= !m;
         ledger.heads[index] = head;
         // In bounds: `pages.len() <= MAX_PAGES`, checked above.
         if let Some(to) = ledger
@@ -705,6 +710,14 @@ impl SlotSet {
     pub(crate) fn is_empty(&self) -> bool {
         self.0.iter().all(|&w| w == 0)
     }
+
+    /// The set without the slots of `other`.
+    pub(crate) fn without(mut self, other: &SlotSet) -> SlotSet {
+        for (w, o) in self.0.iter_mut().zip(other.0.iter()) {
+            *w &= !o;
+        }
+        self
+    }
 }
 
 impl Ledger {
@@ -740,9 +753,18 @@ impl Ledger {
 
     /// Slot `index` could not be offlined (`pinned`: for a possible DMA pin); it stays in
     /// flight.
-    pub(crate) fn refused(&mut self, _index: usize, pinned: bool) {
+    pub(crate) fn refused(&mut self, index: usize, pinned: bool) {
+        let (w, m) = bit(index);
+        if let Some(word) = self.refused.get_mut(w) {
+            *word |= m;
+        }
         self.stats.offline_refused += 1;
         self.stats.offline_pinned += u64::from(pinned);
+    }
+
+    /// The slots whose offlining was refused.
+    pub(crate) fn refused_set(&self) -> SlotSet {
+        SlotSet(self.refused)
     }
 
     /// Counts base pages skipped by an offline: no longer where the buffer was sent from.

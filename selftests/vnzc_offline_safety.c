@@ -30,6 +30,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <linux/capability.h>
 #include <linux/io_uring.h>
 #include <linux/netlink.h>
 #include <linux/pkt_sched.h>
@@ -543,6 +544,32 @@ TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
 	}
 }
 
+/*
+ * Reclaim on expiry does not retry a refused buffer on every run of the TX handler (each
+ * retry took the mmap lock and logged): refused once, it waits for the stack or a reset.
+ */
+TEST_F_TIMEOUT(shared, reclaim_refused_once, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_RECLAIM, 1));
+	for (int i = 0; i < 2; i++)
+		ASSERT_LE(0, send_frame(g, mac_held, ZC_LEN, i, NULL));
+	ASSERT_TRUE(WAIT_FOR(g, s, s.offline_refused >= 2, 3000));
+	/* Each frame is a kick, a run of the handler with the refused buffers expired. */
+	for (int i = 0; i < 8; i++) {
+		ASSERT_LE(0, send_frame(g, mac_free, ZC_LEN, 10 + i, NULL));
+		usleep(30 * 1000);
+	}
+	ASSERT_EQ(0, get_stats(g, &s));
+	TH_LOG("refused %llu times after 8 more handler runs", s.offline_refused);
+	EXPECT_EQ(2, (long)s.offline_refused);
+	plug(false);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+}
+
 /* The frames of a refusal test, and a check that they stayed in guest memory. */
 struct held {
 	int head[4];
@@ -909,6 +936,40 @@ TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 	plug(false);
 	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	munmap(bitmap, map_len);
+}
+
+/*
+ * Reclaim on expiry offlines guest memory without a reset: the owner may set it, or a
+ * launcher with CAP_NET_ADMIN; any other holder of the file gets EPERM.
+ */
+TEST(reclaim_needs_owner)
+{
+	int status = 0;
+	pid_t pid = fork();
+
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		struct __user_cap_header_struct h = { .version = _LINUX_CAPABILITY_VERSION_3 };
+		struct __user_cap_data_struct d[2];
+		struct vg_guest g;
+
+		if (syscall(__NR_capget, &h, d))
+			_exit(10);
+		d[CAP_NET_ADMIN / 32].effective &= ~(1U << (CAP_NET_ADMIN % 32));
+		if (syscall(__NR_capset, &h, d))
+			_exit(11);
+		if (vg_open(&g, "/dev/vhost-net-zc", 1 << 16))
+			_exit(12);
+		if (set_u32(&g, VHOST_NET_ZC_SET_RECLAIM, 1) != -EPERM)
+			_exit(13);
+		if (vg_set_owner(&g) || set_u32(&g, VHOST_NET_ZC_SET_RECLAIM, 1))
+			_exit(14);
+		_exit(0);
+	}
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	ASSERT_TRUE(WIFEXITED(status));
+	EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("step %d failed (13: not EPERM without owner)",
+						 WEXITSTATUS(status));
 }
 
 /* The first version's GET_STATS command still answers, with that version's bytes only. */
