@@ -19,6 +19,18 @@
 //! - [`mm`], [`offline`]: offlining the guest pages of expired buffers;
 //! - [`net`]: the misc device, its ioctls and the datapath.
 //!
+//! Lock order, outermost first (lockdep names in quotes where the module names them):
+//! 1. the vhost device mutex (`DevGuard`);
+//! 2. a virtqueue mutex (`VqGuard`); a handler holding one may only try-lock the other;
+//! 3. the TX pool's ledger (`"Pool::ledger"`);
+//! 4. the owner's mmap lock, for write and killably, only while offlining
+//!    ([`offline::Offliner`]); inside it the page-table lock and the MMU notifiers of
+//!    `vma_share_anon_page()`, or the locks of `get_user_pages_remote()`.
+//!
+//! The dirty log and hole punching run after the mmap lock is dropped. Completions and
+//! the deadline timer take none of these: they set atomic bits and queue the handler under
+//! RCU.
+//!
 //! See `Documentation/admin-guide.rst` for the administrator's view and
 //! `Documentation/design.rst` for the design.
 

@@ -303,7 +303,8 @@ impl Pool {
                         )
                     }
                 }),
-                ledger <- new_mutex!(Ledger {
+                ledger <- new_mutex!(
+                    Ledger {
                     busy: [0; WORDS],
                     stale: [0; WORDS],
                     heads: [0; MAX_PEND],
@@ -318,7 +319,9 @@ impl Pool {
                     timeout: i64::from(timeout_ms) * 1_000_000,
                     stats: Stats::default(),
                     window: (0, 0),
-                }),
+                    },
+                    "Pool::ledger"
+                ),
             }),
             GFP_KERNEL,
         )?;
