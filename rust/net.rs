@@ -450,7 +450,8 @@ fn handle_rx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>) {
             // The chain was malformed and reported; stop until the next kick.
             Err(_) => break,
         };
-        match sock.recv(vq.iov(bufs.iovs), vhost_hlen, sock_len) {
+        let received = sock.recv(&vq.iov(bufs.iovs), vhost_hlen, sock_len);
+        match received {
             Ok(n) if n == sock_len => {}
             r => {
                 let got = r.map_or_else(|e| e.to_errno() as isize, |n| n as isize);
@@ -567,22 +568,22 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             break;
         }
         let iov = vq.iov(chain.out);
-        let Some(payload) = vhost::iov_len(iov).checked_sub(hdr) else {
+        let Some(payload) = vhost::iov_len(&iov).checked_sub(hdr) else {
             vq.report(c"Unexpected header len for TX");
             break;
         };
         let slot = if zerocopy && payload >= threshold && ledger.worth_zerocopy() {
             let mut pages = [BufPage::default(); MAX_PAGES];
             let head = u16::try_from(chain.head).ok();
-            buffer_pages(iov, hdr, &mut pages)
+            buffer_pages(&iov, hdr, &mut pages)
                 .and_then(|n| pool.reserve(&mut ledger, head?, limit, pages.get(..n)?))
         } else {
             None
         };
         ledger.count_packet();
         let r = match &slot {
-            Some(slot) => sock.send_zerocopy(iov, hdr, payload, pool.ubuf(slot)),
-            None => sock.send(iov, hdr, payload),
+            Some(slot) => sock.send_zerocopy(&iov, hdr, payload, pool.ubuf(slot)),
+            None => sock.send(&iov, hdr, payload),
         };
         match (r, slot) {
             (Err(e), slot) if e == EAGAIN || e == ENOMEM || e == ENOBUFS => {
@@ -818,7 +819,7 @@ impl VhostNetZc {
             .read()?;
         let dev = self.vhost.lock();
         dev.check_owner()?;
-        let vq = self.vhost.vq(backend.index)?;
+        let mut vq = self.vhost.vq(backend.index)?;
         if backend.fd == -1 {
             dev.clear_msg();
         }
@@ -1012,6 +1013,12 @@ impl MiscDevice for VhostNetZc {
             }),
             GFP_KERNEL,
         )
+    }
+
+    /// Shuts the device down while only shared references to it can exist, then frees it.
+    fn release(device: Self::Ptr, _file: &File) {
+        device.vhost.shutdown();
+        drop(device);
     }
 
     fn ioctl(me: Pin<&VhostNetZc>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {

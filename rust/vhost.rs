@@ -18,7 +18,10 @@
 //! C header: [`drivers/vhost/vhost.h`](srctree/drivers/vhost/vhost.h).
 
 use core::{
-    cell::UnsafeCell,
+    cell::{
+        Cell,
+        UnsafeCell, //
+    },
     marker::{
         PhantomData,
         PhantomPinned, //
@@ -199,8 +202,10 @@ pub(crate) fn iov_len(iov: &[kernel::bindings::iovec]) -> usize {
 ///
 /// - `dev` was initialised by `vhost_dev_init()` with the array `vq_ptrs`, whose entry `i`
 ///   points at `vqs[i]`, and the kick handler of `vqs[i]` is [`kick_trampoline::<D, N>`].
-/// - The object is pinned: the vhost core holds pointers into it until `Drop` has run
-///   `vhost_dev_cleanup()`.
+/// - The object is pinned: the vhost core holds pointers into it until
+///   [`VhostDev::shutdown`] (from the file's release, or `Drop`) has run
+///   `vhost_dev_cleanup()`; `shut` is nonzero from then on, and no worker, poll or
+///   completion refers to the device any more.
 /// - `polls[i]` was initialised by `vhost_poll_init()` for `vqs[i]`, with
 ///   [`poll_trampoline::<D, N>`] as its work.
 /// - `backends[i]` is only accessed with `vqs[i]`'s mutex held, and is `Some` exactly when
@@ -214,6 +219,8 @@ pub(crate) struct VhostDev<D: Driver<N>, const N: usize> {
     polls: [Opaque<bindings::vhost_poll>; N],
     backends: [UnsafeCell<Option<D::Backend>>; N],
     vq_ptrs: UnsafeCell<[*mut bindings::vhost_virtqueue; N]>,
+    /// Set once [`VhostDev::shutdown`] ran.
+    shut: kernel::sync::atomic::Atomic<i32>,
     data: D,
     _pin: PhantomPinned,
 }
@@ -282,6 +289,8 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
                 // SAFETY: `i < N` and `slot` is valid for writes.
                 unsafe { addr_of_mut!((*slot).backends[i]).write(UnsafeCell::new(None)) };
             }
+            // SAFETY: `slot` is valid for writes.
+            unsafe { addr_of_mut!((*slot).shut).write(kernel::sync::atomic::Atomic::new(0)) };
             // SAFETY: `data` is a pinned initialiser and `slot.data` is valid for it; on error
             // nothing else has been initialised that needs dropping.
             unsafe { pin_init::raw_try_init(addr_of_mut!((*slot).data), data)? };
@@ -389,6 +398,7 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
             vq,
             poll: poll.get(),
             backend: backend.get(),
+            iov_borrows: Cell::new(0),
             _guard: mutex.lock(),
         })
     }
@@ -413,6 +423,7 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
             vq,
             poll: poll.get(),
             backend: backend.get(),
+            iov_borrows: Cell::new(0),
             _guard: guard,
         })
     }
@@ -422,7 +433,7 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
     fn take_backends(&self) -> KVec<D::Backend> {
         let mut taken = KVec::new();
         for index in 0..N as u32 {
-            if let Ok(vq) = self.vq(index) {
+            if let Ok(mut vq) = self.vq(index) {
                 if let Ok(Some(old)) = vq.replace_backend(None) {
                     // On allocation failure the backend is dropped here, under the mutex:
                     // its poll is already stopped, and dropping only puts a file reference.
@@ -434,23 +445,43 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
     }
 }
 
-impl<D: Driver<N>, const N: usize> Drop for VhostDev<D, N> {
-    fn drop(&mut self) {
+impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
+    /// Stops the device for good: detaches the backends, flushes the worker, lets the
+    /// driver settle ([`Driver::stopped`]), then has the vhost core stop the polls and free
+    /// the owner, workers, memory table and eventfds. Runs once; later calls return at
+    /// once.
+    ///
+    /// The file's release calls it through a shared reference, while nothing else can
+    /// reach the device any more but the core's workers and polls, which it stops; once it
+    /// returned, no other reference to the device exists, so the `&mut` that `Drop` then
+    /// takes is unique.
+    pub(crate) fn shutdown(&self) {
+        if self.shut.xchg(1, kernel::sync::atomic::Full) != 0 {
+            return;
+        }
         let backends = self.take_backends();
         {
             let dev = self.lock();
             dev.flush();
             D::stopped(&dev);
         }
-        // SAFETY: The device was initialised (type invariant) and is torn down exactly once,
-        // here, after its backends were detached: `vhost_dev_stop()` stops the kick polls and
-        // flushes the worker, so no handler runs when the backends are dropped, and
+        // SAFETY: The device was initialised (type invariant) and is torn down exactly once
+        // (`shut`), after its backends were detached: `vhost_dev_stop()` stops the kick polls
+        // and flushes the worker, so no handler runs when the backends are dropped, and
         // `vhost_dev_cleanup()` releases the owner, worker, memory table and eventfds.
         unsafe {
             bindings::vhost_dev_stop(self.raw());
             bindings::vhost_dev_cleanup(self.raw());
         }
         drop(backends);
+    }
+}
+
+impl<D: Driver<N>, const N: usize> Drop for VhostDev<D, N> {
+    /// A device whose file was released was shut down already ([`VhostDev::shutdown`]);
+    /// one dropped without a release (a failed open) never had a worker.
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -602,7 +633,32 @@ pub(crate) struct VqGuard<'a, D: Driver<N>, const N: usize> {
     vq: *mut bindings::vhost_virtqueue,
     poll: *mut bindings::vhost_poll,
     backend: *mut Option<D::Backend>,
+    /// How many [`IovRef`]s into the virtqueue's iovec array exist: taking a chain, which
+    /// rewrites the array, is refused while any does.
+    iov_borrows: Cell<u32>,
     _guard: Guard<'a, (), MutexBackend>,
+}
+
+/// The iovecs of the last chains taken ([`VqGuard::iov`]): a shared borrow of the
+/// virtqueue's iovec array, which [`VqGuard::get_desc`] and [`VqGuard::get_rx_bufs`]
+/// refuse to rewrite while it exists (they return `EBUSY`), as a `RefCell` would.
+pub(crate) struct IovRef<'g> {
+    iov: &'g [kernel::bindings::iovec],
+    borrows: &'g Cell<u32>,
+}
+
+impl core::ops::Deref for IovRef<'_> {
+    type Target = [kernel::bindings::iovec];
+
+    fn deref(&self) -> &Self::Target {
+        self.iov
+    }
+}
+
+impl Drop for IovRef<'_> {
+    fn drop(&mut self) {
+        self.borrows.set(self.borrows.get().saturating_sub(1));
+    }
 }
 
 impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
@@ -655,7 +711,10 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
     /// The errno of `vhost_vq_init_access()` (the used ring cannot be read) or of starting
     /// the poll (`EINVAL` if the file reports an error); the previous backend then stays
     /// attached and `new` is dropped.
-    pub(crate) fn replace_backend(&self, new: Option<D::Backend>) -> Result<Option<D::Backend>> {
+    pub(crate) fn replace_backend(
+        &mut self,
+        new: Option<D::Backend>,
+    ) -> Result<Option<D::Backend>> {
         self.stop_poll();
         // SAFETY: The slot is only accessed under this virtqueue's mutex, which is held.
         let slot = unsafe { &mut *self.backend_slot() };
@@ -726,6 +785,10 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
     /// writable buffers from log entry `log.0` on (with `VHOST_F_LOG_ALL`) and adding the
     /// count to `log.1`.
     fn get_desc_at(&self, seg: usize, log: Option<(usize, &mut u32)>) -> Result<Option<Chain>> {
+        // The core rewrites the iovec array: no `IovRef` may see it meanwhile.
+        if self.iov_borrows.get() != 0 {
+            return Err(EBUSY);
+        }
         let vq = self.raw();
         let max = kernel::bindings::UIO_MAXIOV as usize;
         let room = u32::try_from(max.checked_sub(seg).ok_or(ENOBUFS)?).map_err(|_| ENOBUFS)?;
@@ -930,7 +993,7 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
     /// `EFAULT` if the buffers are shorter or not writable.
     pub(crate) fn write_iov(&self, count: u32, offset: usize, data: &[u8]) -> Result {
         let iov = self.iov(count);
-        let total = iov_len(iov);
+        let total = iov_len(&iov);
         // SAFETY: An all-zero `iov_iter` is a valid value to initialise.
         let mut iter: kernel::bindings::iov_iter = unsafe { core::mem::zeroed() };
         // SAFETY: `iov` is valid for the call; the iterator writes user memory through it with
@@ -959,15 +1022,23 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         unsafe { bindings::vnzc_cpu_to_vhost16(self.raw(), v) }
     }
 
-    /// The first `count` iovecs of the last chains taken.
-    pub(crate) fn iov(&self, count: u32) -> &[kernel::bindings::iovec] {
-        self.iov_from(0, count)
+    /// The first `count` iovecs of the last chains taken; no chain can be taken while the
+    /// returned borrow exists.
+    pub(crate) fn iov(&self, count: u32) -> IovRef<'_> {
+        self.iov_borrows
+            .set(self.iov_borrows.get().saturating_add(1));
+        IovRef {
+            iov: self.iov_from(0, count),
+            borrows: &self.iov_borrows,
+        }
     }
 
     fn iov_from(&self, seg: usize, count: u32) -> &[kernel::bindings::iovec] {
         let vq = self.raw();
         // SAFETY: The array is the virtqueue's own and is only written by `get_desc_at()`,
-        // under the mutex `self` holds for the lifetime of the slice.
+        // under the mutex `self` holds, and never while the slice lives: the slices this
+        // returns either live in an `IovRef`, whose existence makes `get_desc_at()` refuse,
+        // or are used and dropped inside one method that does not call it meanwhile.
         let all: &[kernel::bindings::iovec] = unsafe { &(*vq).iov };
         let end = seg.saturating_add(count as usize).min(all.len());
         all.get(seg.min(end)..end).unwrap_or(&[])
