@@ -19,7 +19,6 @@ use kernel::{
         MiscDevice,
         MiscDeviceRegistration, //
     },
-    mm::MmWithUser,
     prelude::*,
     str::CString,
     sync::atomic::{
@@ -37,9 +36,9 @@ use crate::{
         self,
         BufPage,
         Mode,
-        Offliner,
         Range, //
     },
+    reset,
     socket::Socket,
     uapi,
     vhost::{
@@ -56,7 +55,6 @@ use crate::{
         Ledger,
         Pool,
         PoolRef,
-        SlotSet,
         StatsRef,
         MAX_PAGES,
         MAX_RANGES, //
@@ -67,11 +65,11 @@ use crate::{
 const WORD: usize = core::mem::size_of::<u64>();
 
 /// Number of virtqueues: RX and TX.
-const NVQS: usize = 2;
+pub(crate) const NVQS: usize = 2;
 /// The RX virtqueue's index.
 const RX: usize = 0;
 /// The TX virtqueue's index.
-const TX: usize = 1;
+pub(crate) const TX: usize = 1;
 
 /// The vhost core limits of vhost-net, whose values this device keeps so that a guest
 /// cannot hold the worker longer than it could with stock vhost-net: chains of at most
@@ -86,7 +84,7 @@ const LIMITS: Limits = Limits {
 /// The net driver's state inside a [`VhostDev`].
 pub(crate) struct NetState {
     /// The TX virtqueue's zero-copy buffers in flight.
-    tx: PoolRef,
+    pub(crate) tx: PoolRef,
     /// `vhost-net-zc/<tgid>-<n>/stats` in debugfs: the zero-copy counters.
     _stats: Pin<KBox<debugfs::File<StatsRef>>>,
     _dir: debugfs::Dir,
@@ -120,7 +118,7 @@ impl NetState {
 }
 
 /// A virtqueue of the net device, locked.
-type NetVq<'a> = VqGuard<'a, NetState, NVQS>;
+pub(crate) type NetVq<'a> = VqGuard<'a, NetState, NVQS>;
 
 impl Driver<NVQS> for NetState {
     type Backend = Socket;
@@ -143,165 +141,16 @@ impl Driver<NVQS> for NetState {
     }
 
     /// Before an owner reset or teardown: settles the TX buffers in flight
-    /// ([`settle_tx`]); whatever is then still in flight is abandoned: its heads are not
+    /// ([`reset::settle`]); whatever is then still in flight is abandoned: its heads are not
     /// returned (the ring is about to go), and the pool, with the module, stays until the
     /// stack releases them.
     ///
-    /// The pool is then quiesced ([`Pool::quiesce`]): the vhost core frees the device's
-    /// workers next, and a completion or deadline that comes later must not reach them.
+    /// The pool is then quiesced ([`reset::quiesce_and_abandon`]): the vhost core frees the
+    /// device's workers next, and a completion or deadline that comes later must not reach
+    /// them.
     fn stopped(dev: &DevGuard<'_, Self, NVQS>) {
-        settle_tx(dev);
-        let pool = &dev.device().data().tx;
-        let Ok(_vq) = dev.device().vq(TX as u32) else {
-            return;
-        };
-        let mut ledger = pool.ledger();
-        pool.quiesce(&mut ledger);
-        let abandoned = ledger.abandon_all();
-        let stats = ledger.stats();
-        vhost::debug(
-            c"TX: zero-copy buffers sent, completed",
-            stats.sent,
-            stats.completed,
-        );
-        if abandoned != 0 {
-            vhost::debug(c"TX: zero-copy buffers abandoned at reset", abandoned, 0);
-        }
-    }
-}
-
-/// Settles the TX queue's zero-copy buffers at a reset (TX backend change, owner reset,
-/// close), with the device mutex held and the TX backend detached:
-/// - buffers in flight are waited for, killably and never past the last of their
-///   deadlines (none if the caller is exiting: its address space, the guest, is gone);
-/// - those the stack released meanwhile are returned;
-/// - those still in flight are then all expired: they are offlined in preserve mode and
-///   returned; those that cannot be (memory offlining cannot serve, see [`offline`]) stay
-///   in flight.
-///
-/// Heads are written to the used ring only if the caller runs in the owner's address space,
-/// where the ring is; otherwise the offlined buffers' heads are dropped like abandoned ones.
-fn settle_tx(dev: &DevGuard<'_, NetState, NVQS>) {
-    let pool = &dev.device().data().tx;
-    let start = zerocopy::now();
-    let exiting = vhost::caller_exiting();
-    if !exiting {
-        // Only the buffers whose heads are still to be returned, never past their last
-        // deadline.
-        let (live, wait) = {
-            let ledger = pool.ledger();
-            (pool.live(&ledger), ledger.ms_to_last_deadline())
-        };
-        let _ = pool.wait_done(&live, wait);
-    }
-    let Ok(vq) = dev.device().vq(TX as u32) else {
-        return;
-    };
-    let ring = dev.caller_is_owner_mm().then_some(&vq);
-    let mut ledger = pool.ledger();
-    if let Some(vq) = ring {
-        return_completed(vq, pool, &mut ledger);
-    }
-    pool.mark_expired(&mut ledger);
-    let victims = pool.victims(&ledger, false);
-    if !exiting && !victims.is_empty() {
-        if let Some(mm) = dev.owner_mm() {
-            offline_and_return(ring, &mut ledger, &mm, &victims, Mode::Preserve);
-        }
-    }
-    ledger.record_reset_wait(zerocopy::now() - start);
-}
-
-/// Offlines the buffers `victims` in `mode`, all under one mmap lock, and, if `vq` is
-/// given, returns their heads. Returns how many could not be offlined (they stay in
-/// flight).
-fn offline_and_return(
-    vq: Option<&NetVq<'_>>,
-    ledger: &mut Ledger,
-    mm: &MmWithUser,
-    victims: &SlotSet,
-    mode: Mode,
-) -> usize {
-    let mut heads = [0u16; zerocopy::MAX_PEND];
-    let (mut n, mut refused) = (0, 0);
-    let mut last_err = None;
-    match Offliner::new(mm) {
-        Ok(mut offliner) => {
-            for index in victims.iter() {
-                match offliner.offline(ledger.pages(index), mode) {
-                    Ok(out) => {
-                        ledger.skipped_pages(out.skipped);
-                        heads[n] = ledger.offlined(index, out.offlined);
-                        vhost::debug(
-                            c"TX: offlined a zero-copy buffer (head, pages)",
-                            heads[n],
-                            out.offlined,
-                        );
-                        n += 1;
-                    }
-                    Err(e) => {
-                        ledger.refused(index, e == EBUSY);
-                        last_err = Some(e);
-                        refused += 1;
-                    }
-                }
-            }
-            match offliner.finish() {
-                // Discard zeroed them: a migration must send them again.
-                Ok(changed) => {
-                    if let Some(vq) = vq {
-                        for (start, len) in changed {
-                            if let Err(e) = vq.log_hva(start, len) {
-                                vhost::debug(
-                                    c"TX: dirty log write failed (errno)",
-                                    e.to_errno(),
-                                    0,
-                                );
-                            }
-                        }
-                    }
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        // Killed while waiting for the lock: the buffers stay in flight, not refused.
-        Err(_) => refused = victims.iter().count(),
-    }
-    if let Some(e) = last_err {
-        if crate::ratelimit(&OFFLINE_WARNED) {
-            pr_warn!(
-                "{} zero-copy TX buffers could not be offlined in {} mode (errno {}: {}); they stay in flight until the network stack frees them\n",
-                refused,
-                match mode {
-                    Mode::Preserve => "preserve",
-                    Mode::Discard => "discard",
-                },
-                e.to_errno(),
-                refusal(e),
-            );
-        }
-    }
-    if let Some(vq) = vq {
-        if n != 0 {
-            vq.add_used_heads_and_signal(&heads[..n]);
-        }
-    }
-    refused
-}
-
-/// When the last warning about refused buffers was printed (see [`crate::ratelimit`]).
-static OFFLINE_WARNED: Atomic<i64> = Atomic::new(i64::MIN);
-
-/// What an offline's errno means, for the log.
-fn refusal(e: Error) -> &'static str {
-    if e == EBUSY {
-        "a page may be pinned for DMA"
-    } else if e == ENOMEM {
-        "no free huge page for the copy"
-    } else if e == EOPNOTSUPP {
-        "memory shared with a file, not writable, userfaultfd-registered, or not pages"
-    } else {
-        "the page could not be replaced"
+        reset::settle(dev);
+        reset::quiesce_and_abandon(dev);
     }
 }
 
@@ -348,7 +197,7 @@ fn busy_poll(rvq: &NetVq<'_>, tvq: &NetVq<'_>, poll_rx: bool) -> bool {
 }
 
 /// Returns the zero-copy buffers the network stack has released to the guest.
-fn return_completed(vq: &NetVq<'_>, pool: &Pool, ledger: &mut Ledger) {
+pub(crate) fn return_completed(vq: &NetVq<'_>, pool: &Pool, ledger: &mut Ledger) {
     let mut heads = [0u16; 64];
     loop {
         let n = pool.reap(ledger, &mut heads);
@@ -520,7 +369,7 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             // Not again those refused before: only a reset retries them.
             let victims = pool.victims(&ledger, false).without(&ledger.refused_set());
             if !victims.is_empty() {
-                offline_and_return(Some(vq), &mut ledger, &mm, &victims, Mode::Preserve);
+                reset::offline_and_return(Some(vq), &mut ledger, &mm, &victims, Mode::Preserve);
             }
         }
     }
@@ -844,7 +693,7 @@ impl VhostNetZc {
             // No handler may still be using the old socket when it is released.
             dev.flush();
             if backend.index == TX as u32 {
-                settle_tx(&dev);
+                reset::settle(&dev);
             }
         }
         drop(dev);
@@ -952,7 +801,8 @@ impl VhostNetZc {
         let mut ledger = pool.ledger();
         return_completed(&vq, pool, &mut ledger);
         let victims = pool.victims(&ledger, true);
-        let refused = offline_and_return(Some(&vq), &mut ledger, &mm, &victims, Mode::Discard);
+        let refused =
+            reset::offline_and_return(Some(&vq), &mut ledger, &mm, &victims, Mode::Discard);
         ledger.record_reset_wait(zerocopy::now() - start);
         if refused != 0 {
             return Err(EOPNOTSUPP);

@@ -17,6 +17,8 @@
 //! - [`socket`]: the tap, macvtap and packet sockets virtqueues are attached to;
 //! - [`zerocopy`]: the zero-copy TX buffers in flight, their completions and deadlines;
 //! - [`mm`], [`offline`]: offlining the guest pages of expired buffers;
+//! - [`reset`]: what a reset does with the buffers in flight (settle, offline, return,
+//!   abandon);
 //! - [`net`]: the misc device, its ioctls and the datapath.
 //!
 //! Lock order, outermost first (lockdep names in quotes where the module names them):
@@ -38,6 +40,7 @@ mod ffi;
 mod mm;
 mod net;
 mod offline;
+mod reset;
 mod socket;
 mod uapi;
 mod vhost;

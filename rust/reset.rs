@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A reset of the TX queue's zero-copy buffers: what `VHOST_NET_SET_BACKEND` on TX,
+//! `VHOST_RESET_OWNER`, the file's release and `VHOST_NET_ZC_VM_RESET` do with the buffers
+//! the network stack still holds, in this order:
+//!
+//! 1. **settle** ([`settle`]): wait, killably and never past their last deadline, for the
+//!    buffers whose heads the guest has not had back; return those that completed;
+//! 2. **offline** ([`offline_and_return`]): the buffers still in flight are all expired
+//!    then; their pages are offlined ([`crate::offline`]), all under one mmap lock;
+//! 3. **return**: their heads go to the used ring, with one signal; a completion that
+//!    comes later is absorbed (the slot is stale);
+//! 4. **abandon** ([`quiesce_and_abandon`], owner reset and release only): whatever is
+//!    still in flight (refused, or the VMM was exiting) is abandoned, its head never
+//!    returned, after the pool was quiesced so that nothing reaches the workers the vhost
+//!    core frees next.
+//!
+//! Reclaim on expiry runs step 2 and 3 from the TX handler, for expired buffers only.
+
+use kernel::{
+    mm::MmWithUser,
+    prelude::*,
+    sync::atomic::Atomic, //
+};
+
+use crate::{
+    net::{
+        self,
+        NetState,
+        NetVq,
+        NVQS,
+        TX, //
+    },
+    offline::{
+        Mode,
+        Offliner, //
+    },
+    vhost::{
+        self,
+        DevGuard, //
+    },
+    zerocopy::{
+        self,
+        Ledger,
+        SlotSet, //
+    },
+};
+
+/// Settles the TX queue's zero-copy buffers at a reset (TX backend change, owner reset,
+/// close), with the device mutex held and the TX backend detached:
+/// - buffers in flight are waited for, killably and never past the last of their
+///   deadlines (none if the caller is exiting: its address space, the guest, is gone);
+/// - those the stack released meanwhile are returned;
+/// - those still in flight are then all expired: they are offlined in preserve mode and
+///   returned; those that cannot be (memory offlining cannot serve, see
+///   [`crate::offline`]) stay in flight.
+///
+/// Heads are written to the used ring only if the caller runs in the owner's address space,
+/// where the ring is; otherwise the offlined buffers' heads are dropped like abandoned ones.
+pub(crate) fn settle(dev: &DevGuard<'_, NetState, NVQS>) {
+    let pool = &dev.device().data().tx;
+    let start = zerocopy::now();
+    let exiting = vhost::caller_exiting();
+    if !exiting {
+        // Only the buffers whose heads are still to be returned, never past their last
+        // deadline.
+        let (live, wait) = {
+            let ledger = pool.ledger();
+            (pool.live(&ledger), ledger.ms_to_last_deadline())
+        };
+        let _ = pool.wait_done(&live, wait);
+    }
+    let Ok(vq) = dev.device().vq(TX as u32) else {
+        return;
+    };
+    let ring = dev.caller_is_owner_mm().then_some(&vq);
+    let mut ledger = pool.ledger();
+    if let Some(vq) = ring {
+        net::return_completed(vq, pool, &mut ledger);
+    }
+    pool.mark_expired(&mut ledger);
+    let victims = pool.victims(&ledger, false);
+    if !exiting && !victims.is_empty() {
+        if let Some(mm) = dev.owner_mm() {
+            offline_and_return(ring, &mut ledger, &mm, &victims, Mode::Preserve);
+        }
+    }
+    ledger.record_reset_wait(zerocopy::now() - start);
+}
+
+/// Offlines the buffers `victims` in `mode`, all under one mmap lock, and, if `vq` is
+/// given, returns their heads. Returns how many could not be offlined (they stay in
+/// flight).
+pub(crate) fn offline_and_return(
+    vq: Option<&NetVq<'_>>,
+    ledger: &mut Ledger,
+    mm: &MmWithUser,
+    victims: &SlotSet,
+    mode: Mode,
+) -> usize {
+    let mut heads = [0u16; zerocopy::MAX_PEND];
+    let (mut n, mut refused) = (0, 0);
+    let mut last_err = None;
+    match Offliner::new(mm) {
+        Ok(mut offliner) => {
+            for index in victims.iter() {
+                match offliner.offline(ledger.pages(index), mode) {
+                    Ok(out) => {
+                        ledger.skipped_pages(out.skipped);
+                        heads[n] = ledger.offlined(index, out.offlined);
+                        vhost::debug(
+                            c"TX: offlined a zero-copy buffer (head, pages)",
+                            heads[n],
+                            out.offlined,
+                        );
+                        n += 1;
+                    }
+                    Err(e) => {
+                        ledger.refused(index, e == EBUSY);
+                        last_err = Some(e);
+                        refused += 1;
+                    }
+                }
+            }
+            match offliner.finish() {
+                // Discard zeroed them: a migration must send them again.
+                Ok(changed) => {
+                    if let Some(vq) = vq {
+                        for (start, len) in changed {
+                            if let Err(e) = vq.log_hva(start, len) {
+                                vhost::debug(
+                                    c"TX: dirty log write failed (errno)",
+                                    e.to_errno(),
+                                    0,
+                                );
+                            }
+                        }
+                    }
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        // Killed while waiting for the lock: the buffers stay in flight, not refused.
+        Err(_) => refused = victims.iter().count(),
+    }
+    if let Some(e) = last_err {
+        if crate::ratelimit(&OFFLINE_WARNED) {
+            pr_warn!(
+                "{} zero-copy TX buffers could not be offlined in {} mode (errno {}: {}); they stay in flight until the network stack frees them\n",
+                refused,
+                match mode {
+                    Mode::Preserve => "preserve",
+                    Mode::Discard => "discard",
+                },
+                e.to_errno(),
+                refusal(e),
+            );
+        }
+    }
+    if let Some(vq) = vq {
+        if n != 0 {
+            vq.add_used_heads_and_signal(&heads[..n]);
+        }
+    }
+    refused
+}
+
+/// When the last warning about refused buffers was printed (see [`crate::ratelimit`]).
+static OFFLINE_WARNED: Atomic<i64> = Atomic::new(i64::MIN);
+
+/// What an offline's errno means, for the log.
+fn refusal(e: Error) -> &'static str {
+    if e == EBUSY {
+        "a page may be pinned for DMA"
+    } else if e == ENOMEM {
+        "no free huge page for the copy"
+    } else if e == EOPNOTSUPP {
+        "memory shared with a file, not writable, userfaultfd-registered, or not pages"
+    } else {
+        "the page could not be replaced"
+    }
+}
+
+/// Step 4 of a reset (see the [module documentation](self)): quiesces the pool (timer
+/// cancelled, waker cleared, an RCU grace period) and abandons what is still in flight.
+pub(crate) fn quiesce_and_abandon(dev: &DevGuard<'_, NetState, NVQS>) {
+    let pool = &dev.device().data().tx;
+    let Ok(_vq) = dev.device().vq(TX as u32) else {
+        return;
+    };
+    let mut ledger = pool.ledger();
+    pool.quiesce(&mut ledger);
+    let abandoned = ledger.abandon_all();
+    let stats = ledger.stats();
+    vhost::debug(
+        c"TX: zero-copy buffers sent, completed",
+        stats.sent,
+        stats.completed,
+    );
+    if abandoned != 0 {
+        vhost::debug(c"TX: zero-copy buffers abandoned at reset", abandoned, 0);
+    }
+}
