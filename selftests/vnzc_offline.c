@@ -325,24 +325,12 @@ TEST_F_TIMEOUT(off, kill_vmm, 120)
 	t0 = now_ms();
 	kill(pid, SIGKILL);
 	while (now_ms() - t0 < 5000) {
-		char path[64], stat[256] = "";
-		FILE *fp;
-
 		if (waitpid(pid, &status, WNOHANG) == pid) {
 			gone = now_ms() - t0;
 			break;
 		}
-		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-		fp = fopen(path, "r");
-		if (fp) {
-			if (fgets(stat, sizeof(stat), fp)) {
-				char *p = strrchr(stat, ')');
-
-				if (p && p[2] == 'D' && now_ms() - t0 > BOUND_MS)
-					d_state = true;
-			}
-			fclose(fp);
-		}
+		if (task_state(pid) == 'D' && now_ms() - t0 > BOUND_MS)
+			d_state = true;
 		usleep(10 * 1000);
 	}
 	TH_LOG("the killed VMM was reaped %ld ms after SIGKILL", gone);

@@ -601,6 +601,24 @@ static void expect_intact(struct __test_metadata *_metadata, const struct held *
 	}
 }
 
+/* A reset refuses all four buffers (@pinned of them for a DMA pin); memory stays intact. */
+static void reset_expect_refused(struct __test_metadata *_metadata, struct vg_guest *g,
+				 const struct held *h, long pinned)
+{
+	struct vhost_net_zc_stats s;
+	uint32_t ids[8];
+
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(0, get_stats(g, &s));
+	TH_LOG("refused %llu (pinned %llu), offlined %llu", s.offline_refused, s.offline_pinned,
+	       s.offlined);
+	EXPECT_EQ(4, (long)s.offline_refused);
+	EXPECT_EQ(pinned, (long)s.offline_pinned);
+	EXPECT_EQ(0, (long)s.offlined);
+	EXPECT_EQ(0, reap_all(g, ids, 8, 100)) TH_LOG("a refused buffer's head came back");
+	expect_intact(_metadata, h);
+}
+
 /* Released: the packets leave, the refused heads come back then, exactly once each. */
 static void release_and_reap(struct __test_metadata *_metadata, struct vg_guest *g,
 			     struct held *h, int expect)
@@ -621,11 +639,9 @@ TEST_F_TIMEOUT(safe, refuse_dma_pinned, 120)
 {
 	struct vg_guest *g = &self->e.g;
 	struct io_uring_params p = { 0 };
-	struct vhost_net_zc_stats s;
 	struct held h;
 	struct iovec iov;
 	uint8_t *pages;
-	uint32_t ids[8];
 	int ring;
 
 	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
@@ -638,15 +654,7 @@ TEST_F_TIMEOUT(safe, refuse_dma_pinned, 120)
 	ASSERT_EQ(0, syscall(__NR_io_uring_register, ring, IORING_REGISTER_BUFFERS, &iov, 1))
 		TH_LOG("IORING_REGISTER_BUFFERS: %s", strerror(errno));
 	send_four(_metadata, g, &h, pages);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
-	ASSERT_EQ(0, get_stats(g, &s));
-	TH_LOG("refused %llu (pinned %llu), offlined %llu", s.offline_refused, s.offline_pinned,
-	       s.offlined);
-	EXPECT_EQ(4, (long)s.offline_refused);
-	EXPECT_EQ(4, (long)s.offline_pinned);
-	EXPECT_EQ(0, (long)s.offlined);
-	EXPECT_EQ(0, reap_all(g, ids, 8, 100));
-	expect_intact(_metadata, &h);
+	reset_expect_refused(_metadata, g, &h, 4);
 	close(ring);
 	release_and_reap(_metadata, g, &h, 4);
 }
@@ -657,10 +665,8 @@ TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
 	struct vg_guest *g = &self->e.g;
 	struct uffdio_api api = { .api = UFFD_API };
 	struct uffdio_register reg = { .mode = UFFDIO_REGISTER_MODE_MISSING };
-	struct vhost_net_zc_stats s;
 	struct held h;
 	uint8_t *pages;
-	uint32_t ids[8];
 	int uffd;
 
 	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
@@ -675,12 +681,7 @@ TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
 	ASSERT_EQ(0, ioctl(uffd, UFFDIO_REGISTER, &reg)) TH_LOG("UFFDIO_REGISTER: %s",
 								 strerror(errno));
 	send_four(_metadata, g, &h, pages);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
-	ASSERT_EQ(0, get_stats(g, &s));
-	EXPECT_EQ(4, (long)s.offline_refused);
-	EXPECT_EQ(0, (long)s.offlined);
-	EXPECT_EQ(0, reap_all(g, ids, 8, 100));
-	expect_intact(_metadata, &h);
+	reset_expect_refused(_metadata, g, &h, 0);
 	close(uffd);
 	release_and_reap(_metadata, g, &h, 4);
 }
@@ -792,14 +793,8 @@ TEST_F_TIMEOUT(safe, kill_in_reset, 120)
 	if (pid == 0) {
 		struct vg_guest g;
 
-		if (vg_open(&g, "/dev/vhost-net-zc", 1 << 20) ||
-		    vg_setup(&g, 1ULL << VIRTIO_F_VERSION_1, RING) ||
-		    set_u32(&g, VHOST_NET_ZC_SET_TIMEOUT, 60000) ||
-		    vg_set_backend(&g, VG_TX, self->e.tap_fd))
+		if (child_vmm(&g, self->e.tap_fd, 60000, 3))
 			_exit(1);
-		for (int i = 0; i < 3; i++)
-			if (send_frame(&g, mac_held, ZC_LEN, i, NULL) < 0)
-				_exit(1);
 		usleep(300 * 1000);
 		if (write(ready[1], "r", 1) != 1)
 			_exit(1);
@@ -809,17 +804,7 @@ TEST_F_TIMEOUT(safe, kill_in_reset, 120)
 	close(ready[1]);
 	ASSERT_EQ(1, read(ready[0], &c, 1));
 	usleep(500 * 1000);
-	{
-		char path[64], stat[256] = "";
-		FILE *fp;
-
-		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
-		fp = fopen(path, "r");
-		if (fp && fgets(stat, sizeof(stat), fp) && strrchr(stat, ')'))
-			state = strrchr(stat, ')')[2];
-		if (fp)
-			fclose(fp);
-	}
+	state = task_state(pid);
 	/* A killable sleep (TASK_KILLABLE) shows as D; the hung-task detector skips it. */
 	TH_LOG("the VMM waits in the reset in state %c", state);
 	EXPECT_TRUE(state == 'D' || state == 'S');
@@ -868,10 +853,8 @@ FIXTURE_TEARDOWN(hpool)
 TEST_F_TIMEOUT(hpool, refuse_pool_exhausted, 120)
 {
 	struct vg_guest *g = &self->e.g;
-	struct vhost_net_zc_stats s;
 	struct held h;
 	uint8_t *pages;
-	uint32_t ids[8];
 
 	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	/* Touch all of guest memory: both huge pages taken from the pool. */
@@ -879,12 +862,7 @@ TEST_F_TIMEOUT(hpool, refuse_pool_exhausted, 120)
 	pages = vg_alloc(g, 4 * PAGE, PAGE);
 	ASSERT_NE(NULL, pages);
 	send_four(_metadata, g, &h, pages);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
-	ASSERT_EQ(0, get_stats(g, &s));
-	EXPECT_EQ(4, (long)s.offline_refused);
-	EXPECT_EQ(0, (long)s.offlined);
-	EXPECT_EQ(0, reap_all(g, ids, 8, 100));
-	expect_intact(_metadata, &h);
+	reset_expect_refused(_metadata, g, &h, 0);
 	release_and_reap(_metadata, g, &h, 4);
 }
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/ioctl.h>
 #include <net/if.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
@@ -66,6 +67,26 @@ static inline long now_ms(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The state letter of task @pid in /proc/<pid>/stat (R, S, D, Z...), or '?'. */
+static inline char task_state(pid_t pid)
+{
+	char path[64], stat[256] = "", state = '?';
+	FILE *fp;
+
+	snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+	fp = fopen(path, "r");
+	if (!fp)
+		return state;
+	if (fgets(stat, sizeof(stat), fp)) {
+		char *p = strrchr(stat, ')');
+
+		if (p && p[1] == ' ' && p[2])
+			state = p[2];
+	}
+	fclose(fp);
+	return state;
 }
 
 /* Whether bridge port @port forwards (STP is off, but a port starts out blocking). */
@@ -242,5 +263,24 @@ static inline void expect_frame(struct __test_metadata *_metadata, int fd, const
 	ASSERT_EQ((ssize_t)len, recv_ours(fd, got, sizeof(got)));
 	EXPECT_EQ(0, memcmp(got, frame, len));
 }
+
+#ifdef VHOST_NET_ZC_SET_TIMEOUT
+/*
+ * A VMM child for the kill tests: opens the device, sets it up on @tap_fd with a @timeout_ms
+ * deadline and sends @n frames into the plugged port. Returns 0 or -1.
+ */
+static inline int child_vmm(struct vg_guest *g, int tap_fd, uint32_t timeout_ms, int n)
+{
+	if (vg_open(g, "/dev/vhost-net-zc", 1 << 20) ||
+	    vg_setup(g, 1ULL << VIRTIO_F_VERSION_1, RING) ||
+	    ioctl(g->fd, VHOST_NET_ZC_SET_TIMEOUT, &timeout_ms) ||
+	    vg_set_backend(g, VG_TX, tap_fd))
+		return -1;
+	for (int i = 0; i < n; i++)
+		if (send_frame(g, mac_held, ZC_LEN, i, NULL) < 0)
+			return -1;
+	return 0;
+}
+#endif
 
 #endif /* ZC_ENV_H */
