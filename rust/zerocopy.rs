@@ -270,7 +270,7 @@ impl Pool {
     ///
     /// `ENOMEM`.
     pub(crate) fn create(timeout_ms: u32) -> Result<PoolRef> {
-        let pages = KVVec::from_elem(BufPage::default(), MAX_PEND * MAX_PAGES, GFP_KERNEL)?;
+        let ledger = Ledger::new(timeout_ms)?;
         let pool = KBox::pin_init(
             pin_init!(Pool {
                 ubufs: [const { Opaque::zeroed() }; MAX_PEND],
@@ -303,25 +303,7 @@ impl Pool {
                         )
                     }
                 }),
-                ledger <- new_mutex!(
-                    Ledger {
-                    busy: [0; WORDS],
-                    stale: [0; WORDS],
-                    heads: [0; MAX_PEND],
-                    deadline: [0; MAX_PEND],
-                    expired: [0; WORDS],
-                    refused: [0; WORDS],
-                    pages,
-                    npages: [0; MAX_PEND],
-                    held: [0; MAX_PEND],
-                    reclaim: false,
-                    armed: i64::MAX,
-                    timeout: i64::from(timeout_ms) * 1_000_000,
-                    stats: Stats::default(),
-                    window: (0, 0),
-                    },
-                    "Pool::ledger"
-                ),
+                ledger <- new_mutex!(ledger, "Pool::ledger"),
             }),
             GFP_KERNEL,
         )?;
@@ -724,6 +706,30 @@ impl SlotSet {
 }
 
 impl Ledger {
+    /// An empty ledger whose buffers expire `timeout_ms` after they are sent.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    fn new(timeout_ms: u32) -> Result<Ledger> {
+        Ok(Ledger {
+            busy: [0; WORDS],
+            stale: [0; WORDS],
+            heads: [0; MAX_PEND],
+            deadline: [0; MAX_PEND],
+            expired: [0; WORDS],
+            refused: [0; WORDS],
+            pages: KVVec::from_elem(BufPage::default(), MAX_PEND * MAX_PAGES, GFP_KERNEL)?,
+            npages: [0; MAX_PEND],
+            held: [0; MAX_PEND],
+            reclaim: false,
+            armed: i64::MAX,
+            timeout: i64::from(timeout_ms) * 1_000_000,
+            stats: Stats::default(),
+            window: (0, 0),
+        })
+    }
+
     /// Reserved slots whose heads the guest has not had back: what counts against the
     /// limit of buffers in flight (an offlined buffer's head is the guest's again).
     fn holding(&self) -> usize {
@@ -1072,4 +1078,82 @@ pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Re
         "stock_bytes_per_buffer: {}",
         size_of::<kb::ubuf_info_msgzc>() + size_of::<bindings::vring_used_elem>()
     )
+}
+
+#[kernel::macros::kunit_tests(vhost_net_zc_ledger)]
+mod tests {
+    use super::*;
+
+    /// Marks slot `index` reserved for `head`, with a deadline `ms` from now, as
+    /// [`Pool::reserve`] does (without a pool to hand it to).
+    fn busy(l: &mut Ledger, index: usize, head: u16, ms: i64) {
+        let (w, m) = bit(index);
+        l.busy[w] |= m;
+        l.heads[index] = head;
+        l.deadline[index] = now() + ms * 1_000_000;
+    }
+
+    #[test]
+    fn lifecycle_counts() -> Result {
+        let mut l = Ledger::new(1000)?;
+        assert_eq!(l.holding(), 0);
+        assert_eq!(l.ms_to_last_deadline(), 0);
+        busy(&mut l, 3, 30, 50);
+        busy(&mut l, 64, 640, 5);
+        busy(&mut l, 127, 1270, 5);
+        assert_eq!(l.holding(), 3);
+        let ms = l.ms_to_last_deadline();
+        assert!(ms > 0 && ms <= 50);
+        // Offlined: the guest has the head again; its deadline no longer bounds a reset.
+        assert_eq!(l.offlined(3, 2), 30);
+        assert_eq!(l.holding(), 2);
+        assert!(l.ms_to_last_deadline() <= 5);
+        assert_eq!(l.stats().offlined, 1);
+        assert_eq!(l.stats().offlined_pages, 2);
+        // Refused once: reclaim skips it.
+        l.refused(64, true);
+        assert!(!l.refused_set().is_empty());
+        assert_eq!(l.stats().offline_pinned, 1);
+        // Abandon counts only the heads not yet returned.
+        assert_eq!(l.abandon_all(), 2);
+        assert_eq!(l.stats().abandoned, 2);
+        assert_eq!(l.holding(), 0);
+        assert_eq!(l.abandon_all(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn slot_sets() {
+        let a = SlotSet([0b1011, 1 << 63]);
+        let b = SlotSet([0b0010, 1 << 63]);
+        let c = a.without(&b);
+        let mut it = c.iter();
+        assert_eq!(it.next(), Some(0));
+        assert_eq!(it.next(), Some(3));
+        assert_eq!(it.next(), None);
+        assert!(SlotSet([0, 0]).is_empty());
+        assert!(!SlotSet([0, 1 << 63]).is_empty());
+        assert_eq!(SlotSet([0, 1 << 63]).iter().next(), Some(127));
+    }
+
+    #[test]
+    fn zerocopy_heuristic() -> Result {
+        // (packets in the window, copied completions, worth zero copy): one copy in 64
+        // packets is tolerated, at N-1, N, N+1.
+        let cases: [(u32, u32, bool); 7] = [
+            (0, 0, true),
+            (63, 1, false),
+            (64, 1, true),
+            (65, 1, true),
+            (127, 2, false),
+            (128, 2, true),
+            (1024, 1000, true),
+        ];
+        for (packets, copied, want) in cases {
+            let mut l = Ledger::new(1000)?;
+            l.window = (packets, copied);
+            assert_eq!(l.worth_zerocopy(), want);
+        }
+        Ok(())
+    }
 }
