@@ -903,3 +903,62 @@ impl MiscDevice for VhostNetZc {
         }
     }
 }
+
+#[kernel::macros::kunit_tests(vhost_net_zc_tx)]
+mod tests {
+    use super::*;
+
+    fn iov(base: usize, len: usize) -> kernel::bindings::iovec {
+        kernel::bindings::iovec {
+            iov_base: base as *mut kernel::ffi::c_void,
+            iov_len: len,
+        }
+    }
+
+    /// `buffer_ranges` of `iovs` past `skip` bytes, as (address, length) pairs.
+    fn ranges(iovs: &[kernel::bindings::iovec], skip: usize) -> Option<KVec<(usize, usize)>> {
+        let mut out = [Range::default(); MAX_RANGES];
+        let n = buffer_ranges(iovs, skip, &mut out)?;
+        let mut v = KVec::new();
+        for r in out.get(..n)? {
+            v.push((r.addr, r.len), GFP_KERNEL).ok()?;
+        }
+        Some(v)
+    }
+
+    #[test]
+    fn header_skipped() {
+        let two = [iov(0x1000, 12), iov(0x5000, 1000)];
+        // The header consumed exactly, one byte short, one byte more (N-1, N, N+1).
+        assert_eq!(
+            ranges(&two, 11).as_deref(),
+            Some(&[(0x100b, 1), (0x5000, 1000)][..])
+        );
+        assert_eq!(ranges(&two, 12).as_deref(), Some(&[(0x5000, 1000)][..]));
+        assert_eq!(ranges(&two, 13).as_deref(), Some(&[(0x5001, 999)][..]));
+        // All of it, or more than there is: no range.
+        assert_eq!(ranges(&two, 1012).as_deref(), Some(&[][..]));
+        assert_eq!(ranges(&two, usize::MAX).as_deref(), Some(&[][..]));
+        // Empty descriptors give no range.
+        assert_eq!(
+            ranges(&[iov(0x1000, 0), iov(0x2000, 8)], 0).as_deref(),
+            Some(&[(0x2000, 8)][..])
+        );
+    }
+
+    #[test]
+    fn too_many_ranges() {
+        let mut many = KVec::new();
+        for i in 0..=MAX_RANGES {
+            assert!(many.push(iov(0x1000 * (i + 1), 8), GFP_KERNEL).is_ok());
+        }
+        // MAX_RANGES fit, one more does not (the chain is then copied).
+        assert_eq!(
+            ranges(&many[..MAX_RANGES], 0).map(|v| v.len()),
+            Some(MAX_RANGES)
+        );
+        assert!(ranges(&many, 0).is_none());
+        // Skipping the first leaves MAX_RANGES: they fit.
+        assert_eq!(ranges(&many, 8).map(|v| v.len()), Some(MAX_RANGES));
+    }
+}

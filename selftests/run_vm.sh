@@ -86,7 +86,7 @@ t_bad_params() {
 t_kunit() {
 	local log suites=0 bad=0 s
 	log=$(dmesg --notime 2>/dev/null || dmesg)
-	for s in vhost_net_zc_params vhost_net_zc_uapi vhost_net_zc_offline vhost_net_zc_ledger; do
+	for s in vhost_net_zc_params vhost_net_zc_uapi vhost_net_zc_offline vhost_net_zc_ledger vhost_net_zc_tx; do
 		local res
 		res=$(echo "$log" | grep -E "^\s*(not )?ok [0-9]+ $s\$" | tail -n 1)
 		echo "$s: ${res:-no result}"
@@ -97,7 +97,7 @@ t_kunit() {
 		esac
 	done
 	echo "$log" | grep -E '^\s+(not )?ok [0-9]+ [a-z_]+$' | sed 's/^ */case: /'
-	[ "$bad" -eq 0 ] && [ "$suites" -eq 4 ]
+	[ "$bad" -eq 0 ] && [ "$suites" -eq 5 ]
 }
 
 t_unload() {
