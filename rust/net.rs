@@ -702,9 +702,11 @@ impl VhostNetZc {
     }
 
     /// `VHOST_SET_VRING_NUM`, `_BASE` and `_ADDR`, which the vhost core handles (and refuses
-    /// while a backend is attached). On the TX ring, zero-copy buffers still in flight from
-    /// before are abandoned: the ring they came from is being reprogrammed (as QEMU does
-    /// when the guest reboots), so their heads must never reach the new one.
+    /// while a backend is attached). If they change the TX ring (its size, next available
+    /// index or addresses: a new ring, as QEMU sets up when the guest reboots), zero-copy
+    /// buffers still in flight from before are abandoned, so their heads never reach the
+    /// new ring. Setting the same ring again (QEMU's `cont` after a `stop`, which restores
+    /// the index it read) keeps them: their heads still belong there.
     ///
     /// # Errors
     ///
@@ -713,10 +715,14 @@ impl VhostNetZc {
         // Each argument starts with the ring's index; the core reads it again.
         let index: Option<u32> = UserSlice::new(arg, size_of::<u32>()).reader().read().ok();
         let dev = self.vhost.lock();
+        let before = self.vhost.vq(TX as u32)?.ring_identity();
         let r = dev.generic_ioctl(cmd, arg)?;
         if index == Some(TX as u32) {
             let pool = &self.vhost.data().tx;
-            let _vq = self.vhost.vq(TX as u32)?;
+            let vq = self.vhost.vq(TX as u32)?;
+            if vq.ring_identity() == before {
+                return Ok(r);
+            }
             let abandoned = pool.ledger().abandon_all();
             if abandoned != 0 {
                 vhost::debug(

@@ -1086,6 +1086,25 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         }
     }
 
+    /// What identifies the ring the guest uses: its size, its next available index and the
+    /// addresses of its three parts. A VMM that sets the same ring again (QEMU's `cont`
+    /// after a `stop`) leaves it unchanged; one that sets up a new ring (a guest reboot)
+    /// changes it.
+    pub(crate) fn ring_identity(&self) -> (u32, u16, usize, usize, usize) {
+        let vq = self.raw();
+        // SAFETY: The virtqueue is initialised; these fields are only written under the
+        // mutex held.
+        unsafe {
+            (
+                (*vq).num,
+                (*vq).last_avail_idx,
+                (*vq).desc as usize,
+                (*vq).avail as usize,
+                (*vq).used as usize,
+            )
+        }
+    }
+
     /// The ring size (`VHOST_SET_VRING_NUM`).
     pub(crate) fn num(&self) -> u32 {
         // SAFETY: The virtqueue is initialised; `num` is only written under the mutex held.

@@ -570,6 +570,57 @@ TEST_F_TIMEOUT(shared, reclaim_refused_once, 120)
 	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
 }
 
+/*
+ * The same ring set again after such a reset (QEMU's stop then cont: GET_VRING_BASE, then
+ * the same size, index and addresses) is not a new ring: the buffers stay, and their heads
+ * come back to it, each once, when the stack frees them.
+ */
+TEST_F_TIMEOUT(shared, ring_restored, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct vg_vq *vq = &g->vq[VG_TX];
+	struct vhost_vring_state st = { .index = VG_TX };
+	struct vhost_vring_addr addr = {
+		.index = VG_TX,
+		.desc_user_addr = (uint64_t)(uintptr_t)vq->desc,
+		.avail_user_addr = (uint64_t)(uintptr_t)vq->avail,
+		.used_user_addr = (uint64_t)(uintptr_t)vq->used,
+	};
+	uint32_t ids[16];
+	int old[4], n;
+
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	for (int i = 0; i < 4; i++) {
+		old[i] = send_frame(g, mac_held, ZC_LEN, i, NULL);
+		ASSERT_LE(0, old[i]);
+	}
+	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 4, 3000));
+	usleep(30 * 1000);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_GET_VRING_BASE, &st));
+	ASSERT_EQ(4U, st.num);
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_NUM,
+			   &(struct vhost_vring_state){ .index = VG_TX, .num = RING }));
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr));
+	ASSERT_EQ(0, get_stats(g, &s));
+	EXPECT_EQ(0, (long)s.abandoned);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	plug(false);
+	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	n = reap_all(g, ids, 4, 2000);
+	n += reap_all(g, ids + n, 16 - n, 300);
+	EXPECT_EQ(4, n);
+	for (int i = 0; i < 4; i++) {
+		int seen = 0;
+
+		for (int j = 0; j < n; j++)
+			seen += ids[j] == (uint32_t)old[i];
+		EXPECT_EQ(1, seen) TH_LOG("head %d used %d times", old[i], seen);
+	}
+}
+
 /* The frames of a refusal test, and a check that they stayed in guest memory. */
 struct held {
 	int head[4];
