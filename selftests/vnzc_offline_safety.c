@@ -26,6 +26,7 @@
 #include <stdatomic.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -735,6 +736,136 @@ TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
 	reset_expect_refused(_metadata, g, &h, 0);
 	close(uffd);
 	release_and_reap(_metadata, g, &h, 4);
+}
+
+/*
+ * S15: a memory cgroup at its limit. Preserve mode allocates no page at reset time (the copy
+ * is the guest's next write's), so a VMM whose cgroup has no room left still gets its
+ * buffers offlined and returned, its memory intact, and nothing is OOM-killed. The VMM is a
+ * child in a cgroup of its own whose memory.max is set to what it uses, right before the
+ * reset.
+ */
+static int write_file(const char *path, const char *text)
+{
+	FILE *f = fopen(path, "w");
+	int r;
+
+	if (!f)
+		return -errno;
+	r = fputs(text, f) < 0 ? -EIO : 0;
+	if (fclose(f) && !r)
+		r = -errno;
+	return r;
+}
+
+static long read_long(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	long v = -1;
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%ld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/* The value of "@key N" in the flat-keyed file @path, or -1. */
+static long read_key(const char *path, const char *key)
+{
+	char name[64];
+	long v, found = -1;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s %ld", name, &v) == 2)
+		if (!strcmp(name, key))
+			found = v;
+	fclose(f);
+	return found;
+}
+
+#define CG "/sys/fs/cgroup/vnzc-memcg"
+
+TEST_F_TIMEOUT(safe, memcg_at_limit, 120)
+{
+	int go[2], done[2], status = 0;
+	char buf[64];
+	pid_t pid;
+	long cur;
+
+	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) &&
+	    system("mount -t cgroup2 none /sys/fs/cgroup"))
+		SKIP(return, "no cgroup2");
+	ASSERT_EQ(0, write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
+	rmdir(CG);
+	ASSERT_EQ(0, mkdir(CG, 0755));
+	vg_close(&self->e.g);
+	ASSERT_EQ(0, pipe(go));
+	ASSERT_EQ(0, pipe(done));
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		struct vhost_net_zc_stats st;
+		struct vg_guest g;
+		uint8_t *at[4], orig[4][64];
+		uint32_t ids[8];
+		char c;
+
+		if (child_vmm(&g, self->e.tap_fd, 20, 0))
+			_exit(1);
+		for (int i = 0; i < 4; i++) {
+			uint8_t *page = vg_alloc(&g, PAGE, PAGE);
+
+			if (!page || send_frame(&g, mac_held, ZC_LEN, i, &at[i]) < 0)
+				_exit(2);
+			(void)page;
+			memcpy(orig[i], at[i] + 14, sizeof(orig[i]));
+		}
+		usleep(300 * 1000);
+		/* In the cgroup, at its limit: the parent writes memory.max, then says go. */
+		if (write(done[1], "r", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(3);
+		if (vg_set_backend(&g, VG_TX, -1))
+			_exit(4);
+		if (reap_all(&g, ids, 4, 1000) != 4)
+			_exit(5);
+		for (int i = 0; i < 4; i++)
+			if (memcmp(orig[i], at[i] + 14, sizeof(orig[i])))
+				_exit(6);
+		if (get_stats(&g, &st) || st.offlined != 4)
+			_exit(7);
+		if (write(done[1], "d", 1) != 1 || read(go[0], &c, 1) != 1)
+			_exit(8);
+		_exit(0);
+	}
+	ASSERT_EQ(1, read(done[0], buf, 1));
+	snprintf(buf, sizeof(buf), "%d", pid);
+	ASSERT_EQ(0, write_file(CG "/cgroup.procs", buf));
+	/*
+	 * Its pages stay charged where it faulted them (a move does not carry charges): the
+	 * limit is what the cgroup holds now, so any page it would need now fails to charge.
+	 */
+	cur = read_long(CG "/memory.current");
+	snprintf(buf, sizeof(buf), "%ld", cur > 0 ? cur : 4096);
+	ASSERT_EQ(0, write_file(CG "/memory.max", buf));
+	TH_LOG("the VMM's cgroup: memory.max = memory.current = %ld bytes", cur);
+	ASSERT_EQ(1, write(go[1], "g", 1));
+	EXPECT_EQ(1, read(done[0], buf, 1));
+	TH_LOG("memory.events: max %ld, oom_kill %ld", read_key(CG "/memory.events", "max"),
+	       read_key(CG "/memory.events", "oom_kill"));
+	EXPECT_EQ(0, read_key(CG "/memory.events", "oom_kill"));
+	ASSERT_EQ(0, write_file(CG "/memory.max", "max"));
+	ASSERT_EQ(1, write(go[1], "g", 1));
+	ASSERT_EQ(pid, waitpid(pid, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status)) TH_LOG("the VMM was killed (signal %d)", WTERMSIG(status));
+	if (WIFEXITED(status))
+		EXPECT_EQ(0, WEXITSTATUS(status)) TH_LOG("step %d failed", WEXITSTATUS(status));
+	rmdir(CG);
+	plug(false);
+	ASSERT_EQ(0, vg_open(&self->e.g, "/dev/vhost-net-zc", 1 << 16));
 }
 
 /*
