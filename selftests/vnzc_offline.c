@@ -533,17 +533,24 @@ FIXTURE(huge) {
 
 FIXTURE_VARIANT(huge) {
 	int mem_flags;
-	long min_pages;		/* base pages offlined per buffer, at least */
+	long min_pages;		/* base pages offlined for the 3 buffers, at least */
+	long skipped;		/* base pages skipped (offlined with another buffer), at least */
 };
 
 FIXTURE_VARIANT_ADD(huge, thp) {
 	.mem_flags = VG_MEM_THP,
-	.min_pages = 1,
+	.min_pages = 3,
+	.skipped = 0,
 };
 
 FIXTURE_VARIANT_ADD(huge, hugetlb) {
 	.mem_flags = VG_MEM_HUGETLB,
+	/*
+	 * The three buffers are in one 2 MiB page: the first offline copies it whole, the
+	 * other two find the copy mapped, not their skb's page, and skip.
+	 */
 	.min_pages = 512,
+	.skipped = 2,
 };
 
 /* Kibibytes of AnonHugePages in this process. */
@@ -598,7 +605,8 @@ TEST_F_TIMEOUT(huge, set_backend_preserves, 120)
 	expect_all_heads(_metadata, g, &f, 100);
 	expect_preserved(_metadata, &f);
 	EXPECT_EQ(3, STAT(g, offlined));
-	EXPECT_LE(3 * variant->min_pages, STAT(g, offlined_pages));
+	EXPECT_LE(variant->min_pages, STAT(g, offlined_pages));
+	EXPECT_LE(variant->skipped, STAT(g, offline_skipped_pages));
 	scribble_release_check(_metadata, &self->e, &f);
 }
 
