@@ -295,19 +295,20 @@ bool vnzc_current_exiting(void)
 }
 
 /*
- * Whether this kernel has vma_share_anon_page() (patches/ of this project): Kbuild defines
- * VNZC_HAVE_SHARE_ANON_PAGE when include/linux/mm.h declares it.
+ * Whether this kernel has vma_share_anon_pages() (patches/ of this project): Kbuild defines
+ * VNZC_HAVE_SHARE_ANON_PAGES when include/linux/mm.h declares it.
  */
-bool vnzc_have_share_anon_page(void)
+bool vnzc_have_share_anon_pages(void)
 {
-	return IS_ENABLED(VNZC_HAVE_SHARE_ANON_PAGE);
+	return IS_ENABLED(VNZC_HAVE_SHARE_ANON_PAGES);
 }
 
-/* vma_share_anon_page(), or -ENOSYS on a kernel without it. */
-int vnzc_share_anon_page(struct vm_area_struct *vma, unsigned long addr, struct page *expected)
+/* vma_share_anon_pages(), or -ENOSYS on a kernel without it. */
+int vnzc_share_anon_pages(struct vm_area_struct *vma, const unsigned long *addrs,
+			  struct page *const *expected, int *errs, unsigned int nr)
 {
-#ifdef VNZC_HAVE_SHARE_ANON_PAGE
-	return vma_share_anon_page(vma, addr, expected);
+#ifdef VNZC_HAVE_SHARE_ANON_PAGES
+	return vma_share_anon_pages(vma, addrs, expected, errs, nr);
 #else
 	return -ENOSYS;
 #endif

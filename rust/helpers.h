@@ -54,8 +54,9 @@ struct file *vnzc_vma_get_file(struct vm_area_struct *vma);
 int vnzc_punch_hole(struct file *file, s64 offset, s64 len);
 bool vnzc_current_mm_is(struct mm_struct *mm);
 bool vnzc_current_exiting(void);
-bool vnzc_have_share_anon_page(void);
-int vnzc_share_anon_page(struct vm_area_struct *vma, unsigned long addr, struct page *expected);
+bool vnzc_have_share_anon_pages(void);
+int vnzc_share_anon_pages(struct vm_area_struct *vma, const unsigned long *addrs,
+			   struct page *const *expected, int *errs, unsigned int nr);
 int vnzc_lookup_pages(unsigned long start, int nr, struct page **pages);
 long vnzc_hugetlb_available(struct vm_area_struct *vma);
 bool vnzc_vma_uffd_armed(struct vm_area_struct *vma);

@@ -51,17 +51,21 @@ pub(crate) fn mmap_write_lock(mm: &MmWithUser) -> Result<MmapWriteGuard<'_>> {
     Ok(MmapWriteGuard { mm })
 }
 
-/// Whether this kernel can make a page copy-on-write in place
-/// ([`MmapWriteGuard::share_page`]): `vma_share_anon_page()`, from the kernel patch the
+/// Whether this kernel can make pages copy-on-write in place
+/// ([`MmapWriteGuard::share_pages`]): `vma_share_anon_pages()`, from the kernel patch the
 /// project carries (`patches/`).
 pub(crate) fn can_share_pages() -> bool {
     // SAFETY: Reads a build-time constant.
-    unsafe { bindings::vnzc_have_share_anon_page() }
+    unsafe { bindings::vnzc_have_share_anon_pages() }
 }
 
-/// The identity of a page: what [`lookup_pages`] records and [`MmapWriteGuard::share_page`]
+/// The identity of a page: what [`lookup_pages`] records and [`MmapWriteGuard::share_pages`]
 /// compares. Not a reference: it says nothing once the page's last holder let it go.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+//
+// INVARIANT: the value is the address of a `struct page` or 0, and the layout is that of
+// a `*mut page`: [`MmapWriteGuard::share_pages`] passes slices of it to C as pointers.
+#[repr(transparent)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct PageId(usize);
 
 impl PageId {
@@ -119,27 +123,53 @@ impl MmapWriteGuard<'_> {
         unsafe { bindings::vnzc_vma_start_write(vma.as_ptr()) };
     }
 
-    /// Makes the anonymous page mapped at `addr` of `vma` copy-on-write in place: it stays
-    /// mapped, read-only and possibly shared, so readers keep seeing its bytes and the next
-    /// write, by anyone, gives the writer a copy (the kernel's own copy-on-write, atomic
-    /// against every other access). A holder of a reference to the page never sees a later
-    /// write. KVM and other secondary MMUs are invalidated around the change.
-    ///
-    /// # Errors
+    /// Makes the anonymous pages mapped at `addrs` (page-aligned, strictly ascending, all in
+    /// `vma`) copy-on-write in place: they stay mapped, read-only and possibly shared, so
+    /// readers keep seeing their bytes and the next write to one, by anyone, gives the writer
+    /// a copy (the kernel's own copy-on-write, atomic against every other access). A holder
+    /// of a reference to a page never sees a later write. All of them are changed under one
+    /// invalidation of KVM and other secondary MMUs and one TLB flush. Each page's result
+    /// goes to `errs` (0 or a negative errno):
     ///
     /// - `ESTALE`: the page mapped there is not `expected`; `EFAULT`: none is;
     /// - `EBUSY`: the page may be pinned for DMA;
-    /// - `EOPNOTSUPP`: shared, hugetlb, userfaultfd-armed, `VM_IO` or `VM_PFNMAP` memory;
-    /// - `EAGAIN`: the page is in transit (migration, swap);
-    /// - `ENOSYS`: the kernel lacks the primitive ([`can_share_pages`]).
+    /// - `EAGAIN`: the page is in transit (migration, swap).
     ///
-    /// Nothing is changed when it fails.
-    pub(crate) fn share_page(&self, vma: &VmaRef, addr: usize, expected: PageId) -> Result {
+    /// Returns how many pages are now shared.
+    ///
+    /// # Errors
+    ///
+    /// For the call as a whole, when nothing is changed:
+    /// - `EOPNOTSUPP`: shared, hugetlb, userfaultfd-armed, `VM_IO` or `VM_PFNMAP` memory;
+    /// - `EINVAL`: the slices differ in length, or the addresses are not as above;
+    /// - `ENOSYS`: the kernel lacks the primitive ([`can_share_pages`]).
+    pub(crate) fn share_pages(
+        &self,
+        vma: &VmaRef,
+        addrs: &[usize],
+        expected: &[PageId],
+        errs: &mut [i32],
+    ) -> Result<usize> {
+        let nr = addrs.len();
+        if expected.len() != nr || errs.len() != nr {
+            return Err(EINVAL);
+        }
+        let nr = u32::try_from(nr).map_err(|_| EINVAL)?;
         // SAFETY: `vma` belongs to this mm (found by `vma()` under this guard's lock), whose
-        // mmap lock is held for write, as the call requires; `expected` is only compared.
-        kernel::error::to_result(unsafe {
-            bindings::vnzc_share_anon_page(vma.as_ptr(), addr, expected.0 as *mut kb::page)
-        })
+        // mmap lock is held for write, as the call requires. The three arrays have `nr`
+        // elements; `PageId` has the layout of a page pointer (its invariant), and the
+        // pointers are only compared.
+        let ret = unsafe {
+            bindings::vnzc_share_anon_pages(
+                vma.as_ptr(),
+                addrs.as_ptr(),
+                expected.as_ptr().cast(),
+                errs.as_mut_ptr(),
+                nr,
+            )
+        };
+        kernel::error::to_result(ret)?;
+        Ok(usize::try_from(ret).unwrap_or(0))
     }
 
     /// The page mapped at `addr`, faulted in if needed: for writing if `write` (a fresh

@@ -6,16 +6,19 @@
 //! A zero-copy buffer is recorded at send time as the list of its base pages: the address
 //! of each in the owner's mm and the identity of the page mapped there ([`BufPage`]), which
 //! is the page the skb holds. An [`Offliner`] holds the owner's mmap lock for write (taken
-//! killably) for all the buffers of one reset, and offlines each one page by page:
+//! killably) for all the buffers of one reset: each buffer added is checked whole, then
+//! offlined page by page:
 //!
-//! - private memory, [`Mode::Preserve`], on a kernel with `vma_share_anon_page()` (the
+//! - private memory, [`Mode::Preserve`], on a kernel with `vma_share_anon_pages()` (the
 //!   patch the project carries, [`mm::can_share_pages`]): the page is made copy-on-write
 //!   in place. It stays mapped, read-only and shared with the skb, so every reader sees its
 //!   last written bytes; the first write to it, by a vCPU, a VMM thread or a GUP user,
 //!   takes the kernel's own copy-on-write path, which copies the page and swaps the copy
 //!   in atomically. No fresh page is needed at reset time, so nothing can fail for want
 //!   of one, and a page the guest never writes again is never copied. Pages that may be
-//!   pinned for DMA are refused;
+//!   pinned for DMA are refused. These pages are collected over all the buffers and
+//!   changed when the offliner finishes, one call per VMA: one invalidation of KVM and
+//!   other secondary MMUs and one TLB flush for all of them, as fork() does;
 //! - private memory otherwise (hugetlb pages, which must be copied whole from a pool that
 //!   may be empty, and kernels without the patch): the page is zapped, then faulted in
 //!   afresh and filled before the lock is dropped: with a copy of the old page in
@@ -32,7 +35,7 @@
 //! memory since) is not the guest's any more: it is skipped, and counted. Every page of a
 //! buffer is checked before any is changed, so a buffer refused for its kind of memory is
 //! left as it was; one refused half way (a DMA pin found by the in-place change) keeps the
-//! pages already made copy-on-write so, which changes no byte the guest sees.
+//! pages made copy-on-write so, which changes no byte the guest sees.
 
 use kernel::{
     fs::File,
@@ -176,32 +179,64 @@ fn supported(vma: &VmaRef, mode: Mode) -> Result {
 /// How the pages of one VMA are offlined.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Method {
-    /// Made copy-on-write in place ([`MmapWriteGuard::share_page`]).
+    /// Made copy-on-write in place ([`MmapWriteGuard::share_pages`]), all together when the
+    /// offliner finishes.
     Share,
-    /// Zapped, then refilled (or for shared memory, a hole punched).
+    /// Zapped, then refilled (or for shared memory, a hole punched), at once.
     Replace,
 }
 
-/// The owner's address space, locked for the offlining of the buffers of one reset: one
-/// lock and one pass for all of them. See the [module documentation](self).
-pub(crate) struct Offliner<'a> {
-    lock: MmapWriteGuard<'a>,
-    /// Holes to punch once the lock is dropped: file, offset, length.
-    holes: KVec<(ARef<File>, i64, usize)>,
+/// A page to be made copy-on-write when the offliner finishes.
+#[derive(Clone, Copy)]
+struct Pending {
+    /// Its address and the page the skb holds.
+    page: BufPage,
+    /// The buffer it belongs to: its number among those added.
+    buf: usize,
+}
+
+/// What [`Offliner::finish`] did.
+pub(crate) struct Report {
+    /// For each buffer, in the order they were added: what offlining it did, or why it was
+    /// refused.
+    pub(crate) bufs: KVec<Result<Outcome>>,
     /// The address ranges whose content changed (discard mode): start, length. The dirty
     /// log must hear of them, during a migration.
+    pub(crate) changed: KVec<(usize, usize)>,
+    /// The errno of the first hole that could not be punched, if one could not.
+    pub(crate) hole_error: Option<Error>,
+}
+
+/// The owner's address space, locked for the offlining of the buffers of one reset: one
+/// lock for all of them, and for the pages made copy-on-write, one pass per VMA with one
+/// TLB flush. See the [module documentation](self).
+pub(crate) struct Offliner<'a> {
+    lock: MmapWriteGuard<'a>,
+    /// One entry per buffer added.
+    bufs: KVec<Result<Outcome>>,
+    /// The pages to make copy-on-write, of the buffers added so far.
+    pending: KVec<Pending>,
+    /// Holes to punch once the lock is dropped: file, offset, length.
+    holes: KVec<(ARef<File>, i64, usize)>,
+    /// See [`Report::changed`].
     changed: KVec<(usize, usize)>,
 }
 
 impl<'a> Offliner<'a> {
-    /// Takes `mm`'s mmap lock for write, killably.
+    /// Takes `mm`'s mmap lock for write, killably, to offline up to `bufs` buffers of up to
+    /// `pages` base pages in all.
     ///
     /// # Errors
     ///
-    /// `EINTR` if the caller was killed while it waited for the lock.
-    pub(crate) fn new(mm: &'a MmWithUser) -> Result<Self> {
+    /// `EINTR` if the caller was killed while it waited for the lock, `ENOMEM` if there is
+    /// no memory to note that many buffers and pages.
+    pub(crate) fn new(mm: &'a MmWithUser, bufs: usize, pages: usize) -> Result<Self> {
+        let bufs = KVec::with_capacity(bufs, GFP_KERNEL)?;
+        let pending = KVec::with_capacity(pages, GFP_KERNEL)?;
         Ok(Offliner {
             lock: mm::mmap_write_lock(mm)?,
+            bufs,
+            pending,
             holes: KVec::new(),
             changed: KVec::new(),
         })
@@ -215,22 +250,40 @@ impl<'a> Offliner<'a> {
         }
     }
 
-    /// Offlines the buffer whose base pages are `pages`.
+    /// Adds the buffer whose base pages are `pages`: checks them all, replaces at once those
+    /// that are replaced, and leaves those made copy-on-write to [`Offliner::finish`], which
+    /// reports the buffer's outcome under its number among those added (0, 1, ...).
     ///
-    /// # Errors
-    ///
+    /// The buffer is refused with:
     /// - `EOPNOTSUPP`: some page is in memory where `mode` cannot be honoured;
-    /// - `ENOMEM`: a hugetlb page would need a refill the pool cannot give;
+    /// - `ENOMEM`: a hugetlb page would need a refill the pool cannot give, or more buffers
+    ///   or pages are added than [`Offliner::new`] was told;
     /// - `EBUSY`: some page may be pinned for DMA;
     /// - the errno of faulting a fresh page in or of the in-place change otherwise.
     ///
     /// Nothing is changed when the checks fail (the first two); see the
     /// [module documentation](self) for the others.
-    pub(crate) fn offline(&mut self, pages: &[BufPage], mode: Mode) -> Result<Outcome> {
+    pub(crate) fn add(&mut self, pages: &[BufPage], mode: Mode) {
+        let buf = self.bufs.len();
+        let queued = self.pending.len();
+        let outcome = self.add_pages(buf, pages, mode);
+        if outcome.is_err() {
+            self.pending.truncate(queued);
+        }
+        if self.bufs.push_within_capacity(outcome).is_err() {
+            // More buffers than promised: not noted, so not changed either; it stays in
+            // flight, as `finish()` cannot report it.
+            self.pending.truncate(queued);
+        }
+    }
+
+    fn add_pages(&mut self, buf: usize, pages: &[BufPage], mode: Mode) -> Result<Outcome> {
         let Offliner {
             lock,
+            pending,
             holes,
             changed,
+            ..
         } = self;
         // Check every page before any is touched.
         let mut huge_needed = 0usize;
@@ -263,15 +316,9 @@ impl<'a> Offliner<'a> {
                 continue;
             };
             match Self::method(vma, mode) {
-                Method::Share => match lock.share_page(vma, p.addr, p.page) {
-                    Ok(()) => out.offlined += 1,
-                    Err(e) if e == ESTALE || e == EFAULT => out.skipped += 1,
-                    Err(e) if e == EAGAIN => {
-                        lock.share_page(vma, p.addr, p.page)?;
-                        out.offlined += 1;
-                    }
-                    Err(e) => return Err(e),
-                },
+                Method::Share => pending
+                    .push_within_capacity(Pending { page: *p, buf })
+                    .map_err(|_| ENOMEM)?,
                 Method::Replace => {
                     let size = mm::page_size(vma);
                     let start = p.addr & !(size - 1);
@@ -304,23 +351,127 @@ impl<'a> Offliner<'a> {
         Ok(out)
     }
 
-    /// Drops the lock, then punches the holes discard mode needs in shared memory. Returns
-    /// the address ranges whose content changed (start, length), for the dirty log.
-    ///
-    /// # Errors
-    ///
-    /// The errno of `vfs_fallocate()`, `EOPNOTSUPP` if the file system cannot punch holes.
-    pub(crate) fn finish(self) -> Result<KVec<(usize, usize)>> {
+    /// Makes the pending pages copy-on-write, one call per VMA, then drops the lock and
+    /// punches the holes discard mode needs in shared memory.
+    pub(crate) fn finish(self) -> Report {
         let Offliner {
             lock,
+            mut bufs,
+            mut pending,
             holes,
             changed,
         } = self;
+        share_pending(&lock, &mut pending, &mut bufs);
         drop(lock);
+        let mut hole_error = None;
         for (file, offset, len) in &holes {
-            mm::punch_hole(file, *offset, *len)?;
+            if let Err(e) = mm::punch_hole(file, *offset, *len) {
+                hole_error.get_or_insert(e);
+            }
         }
-        Ok(changed)
+        Report {
+            bufs,
+            changed,
+            hole_error,
+        }
+    }
+}
+
+/// Makes the pages of `pending` copy-on-write, each VMA's in one call, and accounts each
+/// page to its buffer in `bufs`.
+fn share_pending(lock: &MmapWriteGuard<'_>, pending: &mut [Pending], bufs: &mut [Result<Outcome>]) {
+    // By address: the primitive takes a VMA's pages in ascending order.
+    pending.sort_unstable_by_key(|p| (p.page.addr, p.buf));
+    let mut rest = pending;
+    while let Some(first) = rest.first() {
+        let Some(vma) = lock.vma(first.page.addr) else {
+            // Unmapped since the checks cannot be (the lock is held); skipped all the same.
+            let n = rest
+                .iter()
+                .take_while(|p| p.page.addr == first.page.addr)
+                .count();
+            let (group, tail) = core::mem::take(&mut rest).split_at_mut(n);
+            account(bufs, group, |_| Err(EFAULT));
+            rest = tail;
+            continue;
+        };
+        let n = rest.iter().take_while(|p| p.page.addr < vma.end()).count();
+        let (group, tail) = core::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        let result = share_group(lock, vma, group);
+        match result {
+            Ok(errs) => {
+                // `errs` has one entry per distinct address of `group`, in order.
+                let mut i = 0usize;
+                let mut prev: Option<usize> = None;
+                let mut chosen = PageId::NONE;
+                for p in group.iter() {
+                    if prev.is_some_and(|a| a != p.page.addr) {
+                        i += 1;
+                    }
+                    if prev != Some(p.page.addr) {
+                        chosen = p.page.page;
+                    }
+                    prev = Some(p.page.addr);
+                    let err = errs.get(i).copied().unwrap_or(EINVAL.to_errno());
+                    // Two buffers sent from one address with different pages (remapped
+                    // in between): only the first one's page was checked; the other
+                    // buffer's page is not mapped there any more.
+                    let res = if p.page.page != chosen {
+                        Err(ESTALE)
+                    } else if err == 0 {
+                        Ok(())
+                    } else {
+                        Err(Error::from_errno(err))
+                    };
+                    account(bufs, core::slice::from_ref(p), |_| res);
+                }
+            }
+            Err(e) => account(bufs, group, |_| Err(e)),
+        }
+    }
+}
+
+/// Makes the pages of `group` (all in `vma`, sorted by address) copy-on-write in one call;
+/// a page found in transit is tried once more on its own. Returns each distinct address's
+/// result (0 or a negative errno).
+fn share_group(lock: &MmapWriteGuard<'_>, vma: &VmaRef, group: &[Pending]) -> Result<KVec<i32>> {
+    let mut addrs = KVec::with_capacity(group.len(), GFP_KERNEL)?;
+    let mut expected = KVec::with_capacity(group.len(), GFP_KERNEL)?;
+    for p in group {
+        if addrs.last() != Some(&p.page.addr) {
+            addrs.push(p.page.addr, GFP_KERNEL)?;
+            expected.push(p.page.page, GFP_KERNEL)?;
+        }
+    }
+    let mut errs = KVec::from_elem(0i32, addrs.len(), GFP_KERNEL)?;
+    lock.share_pages(vma, &addrs, &expected, &mut errs)?;
+    for ((addr, page), err) in addrs.iter().zip(expected.iter()).zip(errs.iter_mut()) {
+        if *err == EAGAIN.to_errno() {
+            let mut again = [0i32];
+            lock.share_pages(vma, &[*addr], &[*page], &mut again)?;
+            *err = again[0];
+        }
+    }
+    Ok(errs)
+}
+
+/// Accounts the pages `group` to their buffers in `bufs` with `result(page)`: offlined if
+/// `Ok`; skipped if no longer the skb's page (`ESTALE`, `EFAULT`); the buffer refused
+/// otherwise.
+fn account(bufs: &mut [Result<Outcome>], group: &[Pending], result: impl Fn(&Pending) -> Result) {
+    for p in group {
+        let Some(slot) = bufs.get_mut(p.buf) else {
+            continue;
+        };
+        let Ok(out) = slot else {
+            continue;
+        };
+        match result(p) {
+            Ok(()) => out.offlined += 1,
+            Err(e) if e == ESTALE || e == EFAULT => out.skipped += 1,
+            Err(e) => *slot = Err(e),
+        }
     }
 }
 

@@ -99,12 +99,21 @@ pub(crate) fn offline_and_return(
     mode: Mode,
 ) -> usize {
     let mut heads = [0u16; zerocopy::MAX_PEND];
+    let mut order = [0usize; zerocopy::MAX_PEND];
     let (mut n, mut refused) = (0, 0);
     let mut last_err = None;
-    match Offliner::new(mm) {
+    let (bufs, pages) = victims.iter().fold((0, 0), |(b, p), index| {
+        (b + 1, p + ledger.pages(index).len())
+    });
+    match Offliner::new(mm, bufs, pages) {
         Ok(mut offliner) => {
-            for index in victims.iter() {
-                match offliner.offline(ledger.pages(index), mode) {
+            for (slot, index) in order.iter_mut().zip(victims.iter()) {
+                *slot = index;
+                offliner.add(ledger.pages(index), mode);
+            }
+            let report = offliner.finish();
+            for (&index, outcome) in order.iter().zip(report.bufs.iter()) {
+                match outcome {
                     Ok(out) => {
                         ledger.skipped_pages(out.skipped);
                         heads[n] = ledger.offlined(index, out.offlined);
@@ -116,32 +125,29 @@ pub(crate) fn offline_and_return(
                         n += 1;
                     }
                     Err(e) => {
-                        ledger.refused(index, e == EBUSY);
-                        last_err = Some(e);
+                        ledger.refused(index, *e == EBUSY);
+                        last_err = Some(*e);
                         refused += 1;
                     }
                 }
             }
-            match offliner.finish() {
-                // Discard zeroed them: a migration must send them again.
-                Ok(changed) => {
-                    if let Some(vq) = vq {
-                        for (start, len) in changed {
-                            if let Err(e) = vq.log_hva(start, len) {
-                                vhost::debug(
-                                    c"TX: dirty log write failed (errno)",
-                                    e.to_errno(),
-                                    0,
-                                );
-                            }
-                        }
+            // Buffers the offliner had no room to note stay in flight.
+            refused += bufs - report.bufs.len();
+            if let Some(e) = report.hole_error {
+                last_err = Some(e);
+            }
+            // Discard zeroed them: a migration must send them again.
+            if let Some(vq) = vq {
+                for &(start, len) in &report.changed {
+                    if let Err(e) = vq.log_hva(start, len) {
+                        vhost::debug(c"TX: dirty log write failed (errno)", e.to_errno(), 0);
                     }
                 }
-                Err(e) => last_err = Some(e),
             }
         }
-        // Killed while waiting for the lock: the buffers stay in flight, not refused.
-        Err(_) => refused = victims.iter().count(),
+        // Killed while waiting for the lock, or no memory to note the buffers: they stay
+        // in flight, not refused.
+        Err(_) => refused = bufs,
     }
     if let Some(e) = last_err {
         if crate::ratelimit(&OFFLINE_WARNED) {

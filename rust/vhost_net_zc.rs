@@ -27,7 +27,7 @@
 //! 3. the TX pool's ledger (`"Pool::ledger"`);
 //! 4. the owner's mmap lock, for write and killably, only while offlining
 //!    ([`offline::Offliner`]); inside it the page-table lock and the MMU notifiers of
-//!    `vma_share_anon_page()`, or the locks of `get_user_pages_remote()`.
+//!    `vma_share_anon_pages()`, or the locks of `get_user_pages_remote()`.
 //!
 //! The dirty log and hole punching run after the mmap lock is dropped. Completions and
 //! the deadline timer take none of these: they set atomic bits and queue the handler under
@@ -231,7 +231,7 @@ impl kernel::InPlaceModule for VhostNetZcModule {
                 if mm::can_share_pages() {
                     "copy-on-write"
                 } else {
-                    "zap-and-refill (this kernel lacks vma_share_anon_page(): a weaker guarantee, see the admin guide)"
+                    "zap-and-refill (this kernel lacks vma_share_anon_pages(): a weaker guarantee, see the admin guide)"
                 }
             );
             Ok(())

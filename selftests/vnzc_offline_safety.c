@@ -33,6 +33,7 @@
 #include <sys/wait.h>
 #include <linux/capability.h>
 #include <linux/io_uring.h>
+#include <linux/loop.h>
 #include <linux/netlink.h>
 #include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
@@ -1100,6 +1101,79 @@ TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 	plug(false);
 	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	munmap(bitmap, map_len);
+}
+
+/* TLB flushes done so far, all kinds (CONFIG_DEBUG_TLBFLUSH's /proc/vmstat counters), or -1. */
+static long tlb_flushes(void)
+{
+	static const char *const keys[] = {
+		"nr_tlb_remote_flush", "nr_tlb_local_flush_all", "nr_tlb_local_flush_one",
+	};
+	long sum = 0;
+
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+		long v = read_key("/proc/vmstat", keys[i]);
+
+		if (v < 0)
+			return -1;
+		sum += v;
+	}
+	return sum;
+}
+
+/*
+ * Issue 14 item 6: the victims of one reset are offlined under one lock and one TLB
+ * flush. N frames, each in a page of its own with a page between them (a span the kernel
+ * flushes whole rather than page by page), expire and are offlined by one SET_BACKEND -1;
+ * the TLB flushes counted meanwhile stay far below one per page.
+ */
+TEST_F_TIMEOUT(safe, one_flush_per_reset, 120)
+{
+	enum { N = 32 };
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	uint64_t base, offlined0, pages0;
+	long before, after, t0, t1;
+	uint32_t ids[2 * N];
+	uint8_t *hdrs, *mem;
+	int n;
+
+	before = tlb_flushes();
+	ASSERT_LE(0, before) TH_LOG("no nr_tlb_* in /proc/vmstat: CONFIG_DEBUG_TLBFLUSH is off");
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	hdrs = vg_alloc(g, PAGE, PAGE);
+	mem = vg_alloc(g, 2 * N * PAGE, PAGE);
+	ASSERT_NE(NULL, hdrs);
+	ASSERT_NE(NULL, mem);
+	/* Base pages: a huge page's split would add flushes of its own. */
+	madvise(mem, 2 * N * PAGE, MADV_NOHUGEPAGE);
+	memset(mem, 0, 2 * N * PAGE);
+	ASSERT_EQ(0, get_stats(g, &s));
+	base = s.sent_zerocopy;
+	offlined0 = s.offlined;
+	pages0 = s.offlined_pages;
+	for (int i = 0; i < N; i++)
+		ASSERT_LE(0, post_at(g, hdrs + i * 64, mem + 2 * i * PAGE, mac_held, i));
+	ASSERT_TRUE(WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + N, 5000));
+	ASSERT_EQ(base + N, s.sent_zerocopy);
+	usleep(2000);	/* past the 1 ms deadline */
+	before = tlb_flushes();
+	t0 = now_us();
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	t1 = now_us();
+	after = tlb_flushes();
+	n = reap_all(g, ids, 2 * N, 2000);
+	ASSERT_EQ(0, get_stats(g, &s));
+	TH_LOG("%llu buffers (%llu pages) offlined by one reset in %ld us: %ld TLB flushes",
+	       s.offlined - offlined0, s.offlined_pages - pages0, t1 - t0, after - before);
+	EXPECT_EQ(N, n);
+	EXPECT_EQ(N, (long)(s.offlined - offlined0));
+	/* Each buffer counts its frame's page and the page of all the headers. */
+	EXPECT_EQ(2 * N, (long)(s.offlined_pages - pages0));
+	EXPECT_GT(N / 4, after - before) TH_LOG("about one flush per page");
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	plug(false);
+	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 5000));
 }
 
 /*

@@ -69,6 +69,14 @@ static inline long now_ms(void)
 	return ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+static inline long now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
 /* The state letter of task @pid in /proc/<pid>/stat (R, S, D, Z...), or '?'. */
 static inline char task_state(pid_t pid)
 {
