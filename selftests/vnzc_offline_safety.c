@@ -5,8 +5,10 @@
  * tears the device down or reprograms the ring, and when a page cannot be offlined.
  *
  * - VMM threads read and write the rest of each buffer's page while it is offlined in
- *   preserve mode (through the page tables, and through GUP with /proc/self/mem): no
- *   write is lost, no read sees anything but the last write;
+ *   preserve mode (through the page tables, through GUP with /proc/self/mem, and by
+ *   O_DIRECT reads from a loop device, which pin the page): no write is lost, no read
+ *   sees anything but the last write;
+ * - the buffers of one reset are offlined with one TLB flush, not one per page;
  * - the qdisc is released and plugged again by a thread (rtnetlink, no fork) while resets
  *   offline the same buffers: every head is used exactly once, over 10000 rounds;
  * - close and RESET_OWNER race completions and 1 ms deadlines, with the worker freed;
@@ -1101,6 +1103,194 @@ TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 	plug(false);
 	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	munmap(bitmap, map_len);
+}
+
+/*
+ * S12 again, with a writer that pins: O_DIRECT reads from a loop device into the rest of
+ * each buffer's page while it is offlined. A read pins the page for its duration
+ * (FOLL_PIN, as a device's DMA would); an offline that finds the pin refuses the buffer,
+ * which stays in flight and comes back when its skb is freed, and one that does not must
+ * leave the read's data where the VMM sees it. Each read brings a block of its own
+ * pattern, checked as soon as it returns: a read that went to the skb's old page shows as
+ * the previous block's pattern.
+ */
+#define DIO_OFF		2048
+#define DIO_LEN		512
+#define DIO_BLOCKS	64
+
+struct dio_work {
+	uint8_t *page[K];
+	int fd;
+	atomic_bool stop;
+	long passes, lost, errors;
+};
+
+static void dio_block(uint8_t *out, int j)
+{
+	for (int b = 0; b < DIO_LEN; b++)
+		out[b] = (uint8_t)(j * 31 + b + 1);
+}
+
+static void *dio_loop(void *arg)
+{
+	struct dio_work *w = arg;
+	uint8_t want[DIO_LEN];
+	long k = 0;
+
+	while (!atomic_load(&w->stop)) {
+		for (int i = 0; i < K; i++, k++) {
+			int j = (int)(k % DIO_BLOCKS);
+
+			if (pread(w->fd, w->page[i] + DIO_OFF, DIO_LEN, (off_t)j * DIO_LEN) !=
+			    DIO_LEN) {
+				w->errors++;
+				continue;
+			}
+			dio_block(want, j);
+			if (memcmp(w->page[i] + DIO_OFF, want, DIO_LEN))
+				w->lost++;
+		}
+		w->passes++;
+	}
+	return NULL;
+}
+
+/* A loop device over a file of DIO_BLOCKS patterned blocks; its O_DIRECT fd, or -errno. */
+static int loop_open(const char *backing, char *dev, size_t size)
+{
+	uint8_t blk[DIO_LEN];
+	int ctl, nr, bfd, lfd, fd, e;
+
+	bfd = open(backing, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (bfd < 0)
+		return -errno;
+	for (int j = 0; j < DIO_BLOCKS; j++) {
+		dio_block(blk, j);
+		if (write(bfd, blk, DIO_LEN) != DIO_LEN)
+			goto fail_bfd;
+	}
+	ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+	if (ctl < 0)
+		goto fail_bfd;
+	nr = ioctl(ctl, LOOP_CTL_GET_FREE);
+	close(ctl);
+	if (nr < 0)
+		goto fail_bfd;
+	snprintf(dev, size, "/dev/loop%d", nr);
+	lfd = open(dev, O_RDWR | O_CLOEXEC);
+	if (lfd < 0)
+		goto fail_bfd;
+	if (ioctl(lfd, LOOP_SET_FD, bfd)) {
+		e = -errno;
+		close(lfd);
+		close(bfd);
+		return e;
+	}
+	close(bfd);
+	fd = open(dev, O_RDONLY | O_DIRECT | O_CLOEXEC);
+	e = -errno;
+	if (fd < 0)
+		ioctl(lfd, LOOP_CLR_FD);
+	close(lfd);
+	return fd < 0 ? e : fd;
+fail_bfd:
+	e = -errno;
+	close(bfd);
+	return e ? e : -EIO;
+}
+
+static void loop_close(const char *dev, int fd)
+{
+	int lfd = open(dev, O_RDWR | O_CLOEXEC);
+
+	close(fd);
+	if (lfd >= 0) {
+		ioctl(lfd, LOOP_CLR_FD);
+		close(lfd);
+	}
+}
+
+TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
+{
+	enum { DIO_ROUNDS = 80 };
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct dio_work w = { 0 };
+	uint8_t *hdrs, *mem, orig[K][ZC_LEN];
+	uint64_t offlined0, pinned0;
+	long returned = 0, completed = 0;
+	char dev[32];
+	pthread_t th;
+	int nl, ifindex;
+
+	w.fd = loop_open("/tmp/vnzc-odirect", dev, sizeof(dev));
+	ASSERT_LE(0, w.fd) TH_LOG("loop device: %s", strerror(-w.fd));
+	nl = netlink_open();
+	ifindex = if_nametoindex("vnzcd0");
+	ASSERT_LE(0, nl);
+	ASSERT_NE(0, ifindex);
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	hdrs = vg_alloc(g, PAGE, PAGE);
+	mem = vg_alloc(g, K * PAGE, PAGE);
+	ASSERT_NE(NULL, hdrs);
+	ASSERT_NE(NULL, mem);
+	for (int i = 0; i < K; i++) {
+		w.page[i] = mem + i * PAGE;
+		memset(w.page[i], 0, PAGE);
+	}
+	ASSERT_EQ(0, get_stats(g, &s));
+	offlined0 = s.offlined;
+	pinned0 = s.offline_pinned;
+	ASSERT_EQ(0, pthread_create(&th, NULL, dio_loop, &w));
+	for (int r = 0; r < DIO_ROUNDS; r++) {
+		uint32_t ids[2 * K];
+		int heads[K], seen = 0, n, m;
+		uint64_t base;
+
+		ASSERT_EQ(0, get_stats(g, &s));
+		base = s.sent_zerocopy;
+		for (int i = 0; i < K; i++) {
+			heads[i] = post_at(g, hdrs + i * 64, w.page[i], mac_held, r * K + i);
+			ASSERT_LE(0, heads[i]);
+			memcpy(orig[i], w.page[i], ZC_LEN);
+		}
+		ASSERT_TRUE(WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
+		ASSERT_EQ(base + K, s.sent_zerocopy) TH_LOG("round %d: some frames were copied", r);
+		usleep(2000);	/* past the 1 ms deadline */
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+		n = reap_all(g, ids, K, 500);
+		for (int i = 0; i < K; i++) {
+			ASSERT_EQ(0, memcmp(w.page[i], orig[i], ZC_LEN))
+				TH_LOG("round %d: frame %d changed", r, i);
+		}
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+		/* The refused ones come back when their skbs are freed. */
+		ASSERT_EQ(0, plug_nl(nl, ifindex, TCQ_PLUG_RELEASE_INDEFINITE));
+		ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 5000));
+		m = reap_all(g, ids + n, 2 * K - n, K - n ? 2000 : 20);
+		m += reap_all(g, ids + n + m, 2 * K - n - m, 20);
+		ASSERT_EQ(0, plug_nl(nl, ifindex, TCQ_PLUG_BUFFER));
+		for (int i = 0; i < K; i++)
+			for (int j = 0; j < n + m; j++)
+				seen += ids[j] == (uint32_t)heads[i];
+		ASSERT_EQ(K, n + m) TH_LOG("round %d: %d + %d heads returned", r, n, m);
+		ASSERT_EQ(K, seen);
+		returned += n;
+		completed += m;
+	}
+	atomic_store(&w.stop, true);
+	pthread_join(th, NULL);
+	close(nl);
+	loop_close(dev, w.fd);
+	unlink("/tmp/vnzc-odirect");
+	ASSERT_EQ(0, get_stats(g, &s));
+	TH_LOG("%d rounds: %llu buffers offlined, %llu refused for a pin; %ld heads returned by the reset, %ld at completion; O_DIRECT reader %ld passes, %ld lost reads, %ld errors",
+	       DIO_ROUNDS, s.offlined - offlined0, s.offline_pinned - pinned0, returned,
+	       completed, w.passes, w.lost, w.errors);
+	EXPECT_LE(DIO_ROUNDS * K / 4, (long)(s.offlined - offlined0));
+	EXPECT_EQ(0, w.lost);
+	EXPECT_EQ(0, w.errors);
+	EXPECT_LT(0, w.passes);
 }
 
 /* TLB flushes done so far, all kinds (CONFIG_DEBUG_TLBFLUSH's /proc/vmstat counters), or -1. */
