@@ -15,7 +15,9 @@
 //! - [`uapi`]: the ioctl numbers and feature bits;
 //! - [`vhost`]: safe abstractions over the vhost core (device, virtqueues, locks);
 //! - [`socket`]: the tap, macvtap and packet sockets virtqueues are attached to;
-//! - [`zerocopy`]: the zero-copy TX buffers in flight, their completions and deadlines;
+//! - [`zerocopy`]: the zero-copy TX buffers in flight: the slot pool and its completions
+//!   (`zerocopy.rs`), the owner's ledger of slots, deadlines and counters
+//!   (`zerocopy/ledger.rs`), the deadline timer (`zerocopy/timer.rs`);
 //! - [`mm`], [`offline`]: offlining the guest pages of expired buffers;
 //! - [`reset`]: what a reset does with the buffers in flight (settle, offline, return,
 //!   abandon);
@@ -106,8 +108,12 @@ const LOG_INTERVAL_NS: i64 = 5_000_000_000;
 /// Whether a rate-limited log line may be printed now; `last` is the line's own clock, the
 /// time it was last allowed (`i64::MIN` at first).
 pub(crate) fn ratelimit(last: &kernel::sync::atomic::Atomic<i64>) -> bool {
-    use kernel::sync::atomic::Relaxed;
-    let now = zerocopy::now();
+    use kernel::{
+        sync::atomic::Relaxed,
+        time::hrtimer::HrTimerExpires, //
+    };
+    // The clock in ns, to keep in an atomic.
+    let now = zerocopy::now().as_nanos();
     let seen = last.load(Relaxed);
     if seen != i64::MIN && now.wrapping_sub(seen) < LOG_INTERVAL_NS {
         return false;

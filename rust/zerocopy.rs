@@ -28,6 +28,7 @@
 
 use core::{
     convert::Infallible,
+    mem::size_of,
     ptr::{
         addr_of,
         addr_of_mut,
@@ -52,9 +53,27 @@ use kernel::{
         MutexGuard,
         Refcount, //
     },
+    time::{
+        hrtimer::HrTimerExpires,
+        Delta,
+        Instant,
+        Monotonic, //
+    },
     types::Opaque,
     ModuleMetadata, //
 };
+
+mod ledger;
+mod timer;
+
+use ledger::bit;
+pub(crate) use ledger::{
+    earlier,
+    Ledger,
+    Slot,
+    SlotSet, //
+};
+use timer::DeadlineTimer;
 
 use crate::{
     ffi::bindings,
@@ -78,12 +97,11 @@ pub(crate) const MAX_PAGES: usize = 40;
 const WORDS: usize = MAX_PEND / 64;
 
 /// How late the deadline timer may fire, to let the kernel batch it with others.
-const TIMER_SLACK_NS: u64 = 100_000;
+pub(crate) const TIMER_SLACK: Delta = Delta::from_micros(100);
 
-/// `CLOCK_MONOTONIC` now, in ns.
-pub(crate) fn now() -> i64 {
-    // SAFETY: Reads the clock; no precondition.
-    unsafe { kb::ktime_get() }
+/// `CLOCK_MONOTONIC` now.
+pub(crate) fn now() -> Instant<Monotonic> {
+    Instant::now()
 }
 
 /// The completion the network stack calls for every `ubuf_info` of a pool.
@@ -124,7 +142,7 @@ pub(crate) struct Pool {
     /// Fires at the earliest deadline of the buffers in flight; queues the handler, which
     /// marks what expired.
     #[pin]
-    timer: Opaque<kb::hrtimer>,
+    timer: DeadlineTimer,
     #[pin]
     ledger: Mutex<Ledger>,
 }
@@ -135,83 +153,6 @@ pub(crate) struct Pool {
 unsafe impl Send for Pool {}
 // SAFETY: As for `Send`.
 unsafe impl Sync for Pool {}
-
-/// Counters of a pool, for statistics and the zero-copy heuristic.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Stats {
-    /// Buffers sent zero-copy.
-    pub(crate) sent: u64,
-    /// Buffers whose completion was reaped.
-    pub(crate) completed: u64,
-    /// Of those, buffers the stack had to copy after all (delivered locally, for example).
-    pub(crate) copied: u64,
-    /// Buffers whose completion will not be written to the used ring (the ring was reset
-    /// while they were in flight).
-    pub(crate) abandoned: u64,
-    /// Buffers found in flight past their deadline.
-    pub(crate) expired: u64,
-    /// Buffers sent by copy.
-    pub(crate) sent_copy: u64,
-    /// Buffers whose pages were offlined (and whose heads were returned, if the ring could
-    /// be reached).
-    pub(crate) offlined: u64,
-    /// Base pages offlined.
-    pub(crate) offlined_pages: u64,
-    /// Buffers that could not be offlined.
-    pub(crate) offline_refused: u64,
-    /// Of those, buffers with a page that may be pinned for DMA.
-    pub(crate) offline_pinned: u64,
-    /// Base pages not offlined because the page the skb holds is no longer mapped where
-    /// the buffer was (the VMM remapped that memory since the send).
-    pub(crate) offline_skipped_pages: u64,
-    /// Time the last reset spent on zero-copy buffers, in ns.
-    pub(crate) last_reset_wait: u64,
-    /// The longest such time, in ns.
-    pub(crate) max_reset_wait: u64,
-}
-
-/// The owner's side of a [`Pool`], under the pool's mutex (taken with the virtqueue mutex
-/// held).
-pub(crate) struct Ledger {
-    /// Bit `i` set: slot `i` is reserved (sent, or about to be) and not yet reaped.
-    busy: [u64; WORDS],
-    /// Bit `i` set: slot `i`'s head must not be returned (its ring was reset).
-    stale: [u64; WORDS],
-    /// The head each busy slot stands for.
-    heads: [u16; MAX_PEND],
-    /// Each busy slot's deadline (`CLOCK_MONOTONIC`, ns).
-    deadline: [i64; MAX_PEND],
-    /// Bit `i` set: slot `i` was found in flight past its deadline.
-    expired: [u64; WORDS],
-    /// Bit `i` set: offlining slot `i` was refused; reclaim on expiry does not try again
-    /// (a reset does).
-    refused: [u64; WORDS],
-    /// The base pages of each busy slot's buffer: `MAX_PAGES` per slot, the first
-    /// `npages[i]` of slot `i` used.
-    pages: KVVec<BufPage>,
-    npages: [u8; MAX_PEND],
-    /// Pages offlined from each busy slot's buffer, until its skb is freed.
-    held: [u32; MAX_PEND],
-    /// Expired buffers are offlined and returned at once, not only at a reset.
-    reclaim: bool,
-    /// The deadline `timer` is armed for, `i64::MAX` if it is not.
-    armed: i64,
-    /// How long a buffer may stay in flight before it expires, in ns.
-    timeout: i64,
-    stats: Stats,
-    /// Packets and copied completions in the current window of the zero-copy heuristic.
-    window: (u32, u32),
-}
-
-/// A reserved slot, between [`Pool::reserve`] and the send's outcome.
-pub(crate) struct Slot {
-    index: usize,
-}
-
-/// Bit `index` of a slot bitmap: its word and mask.
-fn bit(index: usize) -> (usize, u64) {
-    (index / 64, 1u64 << (index % 64))
-}
 
 /// Atomically sets `mask` in `word`.
 fn set_bits(word: &Atomic<u64>, mask: u64) {
@@ -291,18 +232,9 @@ impl Pool {
                 refs: Refcount::new(1),
                 waker: Atomic::new(core::ptr::null_mut()),
                 rcu: Opaque::zeroed(),
-                timer <- Opaque::ffi_init(|timer| {
-                    // SAFETY: `timer` is valid for writes and pinned; the callback only
-                    // uses the pool the timer is embedded in.
-                    unsafe {
-                        kb::hrtimer_setup(
-                            timer,
-                            Some(Self::deadline_passed),
-                            kb::CLOCK_MONOTONIC as i32,
-                            kb::hrtimer_mode_HRTIMER_MODE_ABS,
-                        )
-                    }
-                }),
+                // SAFETY: The callback only uses the pool the timer is embedded in, which
+                // the timer cannot outlive (it is cancelled when dropped).
+                timer <- unsafe { DeadlineTimer::new(Self::deadline_passed) },
                 ledger <- new_mutex!(ledger, "Pool::ledger"),
             }),
             GFP_KERNEL,
@@ -369,8 +301,8 @@ impl Pool {
         }
         ledger.npages[index] = pages.len() as u8;
         ledger.held[index] = 0;
-        let deadline = now().saturating_add(ledger.timeout);
-        ledger.deadline[index] = deadline;
+        let deadline = now() + ledger.timeout;
+        ledger.deadline[index] = Some(deadline);
         self.arm(ledger, deadline);
         let zc = self.ubufs[index].get();
         // SAFETY: Slot `index` was not busy, so the network stack holds no reference to its
@@ -525,21 +457,14 @@ impl Pool {
     }
 
     /// Makes the timer fire by `deadline` at the latest.
-    fn arm(&self, ledger: &mut Ledger, deadline: i64) {
-        if deadline >= ledger.armed {
+    fn arm(&self, ledger: &mut Ledger, deadline: Instant<Monotonic>) {
+        if ledger.armed.is_some_and(|armed| !earlier(deadline, armed)) {
             return;
         }
-        ledger.armed = deadline;
-        // SAFETY: The timer was set up in `create()`; the owner starts it under the ledger's
-        // mutex and cancels it before it lets go of the pool (type invariant).
-        unsafe {
-            kb::hrtimer_start_range_ns(
-                self.timer.get(),
-                deadline,
-                TIMER_SLACK_NS,
-                kb::hrtimer_mode_HRTIMER_MODE_ABS,
-            )
-        };
+        ledger.armed = Some(deadline);
+        // The owner starts the timer under the ledger's mutex and cancels it before it lets
+        // go of the pool (type invariant).
+        self.timer.start(deadline, TIMER_SLACK);
     }
 
     /// Marks the buffers in flight past their deadline as expired and re-arms the timer for
@@ -547,7 +472,7 @@ impl Pool {
     pub(crate) fn mark_expired(&self, ledger: &mut Ledger) -> usize {
         let now = now();
         let mut newly = 0;
-        let mut next = i64::MAX;
+        let mut next: Option<Instant<Monotonic>> = None;
         for w in 0..WORDS {
             let mut live = ledger.busy[w]
                 & !ledger.expired[w]
@@ -557,18 +482,22 @@ impl Pool {
                 let m = live & live.wrapping_neg();
                 live &= !m;
                 let index = w * 64 + m.trailing_zeros() as usize;
-                let deadline = ledger.deadline[index];
-                if deadline <= now {
-                    ledger.expired[w] |= m;
-                    newly += 1;
-                } else {
-                    next = next.min(deadline);
+                match ledger.deadline[index] {
+                    Some(deadline) if earlier(now, deadline) => {
+                        if next.is_none_or(|n| earlier(deadline, n)) {
+                            next = Some(deadline);
+                        }
+                    }
+                    _ => {
+                        ledger.expired[w] |= m;
+                        newly += 1;
+                    }
                 }
             }
         }
         ledger.stats.expired += newly as u64;
-        ledger.armed = i64::MAX;
-        if next != i64::MAX {
+        ledger.armed = None;
+        if let Some(next) = next {
             self.arm(ledger, next);
         }
         newly
@@ -606,8 +535,9 @@ impl Pool {
     /// `timer` must be the `timer` of a live pool (the owner cancels it before the pool can
     /// go away).
     unsafe extern "C" fn deadline_passed(timer: *mut kb::hrtimer) -> kb::hrtimer_restart {
-        // SAFETY: `timer` is the `timer` field of a live `Pool` (function contract).
-        let pool = unsafe { &*kernel::container_of!(Opaque::cast_from(timer), Pool, timer) };
+        // SAFETY: `timer` is the `hrtimer` of the `timer` field of a live `Pool` (function
+        // contract); `DeadlineTimer` is a transparent wrapper of it.
+        let pool = unsafe { &*kernel::container_of!(timer.cast::<DeadlineTimer>(), Pool, timer) };
         let guard = rcu::read_lock();
         let vq = pool.waker.load(Acquire);
         if !vq.is_null() {
@@ -626,7 +556,7 @@ impl Pool {
     pub(crate) fn quiesce(&self, ledger: &mut Ledger) {
         self.stop_timer();
         // Deadlines of buffers sent from now on arm it again.
-        ledger.armed = i64::MAX;
+        ledger.armed = None;
         if !self.waker.xchg(core::ptr::null_mut(), Full).is_null() {
             rcu::synchronize_rcu();
         }
@@ -634,9 +564,7 @@ impl Pool {
 
     /// Stops the timer; the owner calls it before it lets go of the pool.
     fn stop_timer(&self) {
-        // SAFETY: The timer was set up in `create()`; cancelling waits for a running
-        // callback.
-        unsafe { kb::hrtimer_cancel(self.timer.get()) };
+        self.timer.cancel();
     }
 
     /// The buffers in flight whose heads the guest has not had back (neither offlined nor
@@ -676,202 +604,6 @@ impl Pool {
             r if r < 0 => Err(EINTR),
             _ => Ok(()),
         }
-    }
-}
-
-/// A set of slots, from [`Pool::victims`].
-pub(crate) struct SlotSet([u64; WORDS]);
-
-impl SlotSet {
-    /// The slots' indices, in order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        (0..MAX_PEND).filter(|&i| {
-            let (w, m) = bit(i);
-            self.0[w] & m != 0
-        })
-    }
-
-    /// Whether the set is empty.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.0.iter().all(|&w| w == 0)
-    }
-
-    /// The set without the slots of `other`.
-    pub(crate) fn without(mut self, other: &SlotSet) -> SlotSet {
-        for (w, o) in self.0.iter_mut().zip(other.0.iter()) {
-            *w &= !o;
-        }
-        self
-    }
-}
-
-impl Ledger {
-    /// An empty ledger whose buffers expire `timeout_ms` after they are sent.
-    ///
-    /// # Errors
-    ///
-    /// `ENOMEM`.
-    fn new(timeout_ms: u32) -> Result<Ledger> {
-        Ok(Ledger {
-            busy: [0; WORDS],
-            stale: [0; WORDS],
-            heads: [0; MAX_PEND],
-            deadline: [0; MAX_PEND],
-            expired: [0; WORDS],
-            refused: [0; WORDS],
-            pages: KVVec::from_elem(BufPage::default(), MAX_PEND * MAX_PAGES, GFP_KERNEL)?,
-            npages: [0; MAX_PEND],
-            held: [0; MAX_PEND],
-            reclaim: false,
-            armed: i64::MAX,
-            timeout: i64::from(timeout_ms) * 1_000_000,
-            stats: Stats::default(),
-            window: (0, 0),
-        })
-    }
-
-    /// Reserved slots whose heads the guest has not had back: what counts against the
-    /// limit of buffers in flight (an offlined buffer's head is the guest's again).
-    fn holding(&self) -> usize {
-        self.busy
-            .iter()
-            .zip(&self.stale)
-            .map(|(b, s)| (b & !s).count_ones() as usize)
-            .sum()
-    }
-
-    /// The base pages of slot `index`'s buffer.
-    pub(crate) fn pages(&self, index: usize) -> &[BufPage] {
-        let n = usize::from(self.npages.get(index).copied().unwrap_or(0));
-        self.pages
-            .get(index * MAX_PAGES..index * MAX_PAGES + n)
-            .unwrap_or(&[])
-    }
-
-    /// Slot `index`'s pages were offlined: its head, returned, is the guest's again, and its
-    /// completion is absorbed when it comes. Returns the head.
-    pub(crate) fn offlined(&mut self, index: usize, pages: usize) -> u16 {
-        let (w, m) = bit(index);
-        self.stale[w] |= m;
-        let pages = u32::try_from(pages).unwrap_or(u32::MAX);
-        self.held[index] = pages;
-        self.stats.offlined += 1;
-        self.stats.offlined_pages += u64::from(pages);
-        self.heads[index]
-    }
-
-    /// Slot `index` could not be offlined (`pinned`: for a possible DMA pin); it stays in
-    /// flight.
-    pub(crate) fn refused(&mut self, index: usize, pinned: bool) {
-        let (w, m) = bit(index);
-        if let Some(word) = self.refused.get_mut(w) {
-            *word |= m;
-        }
-        self.stats.offline_refused += 1;
-        self.stats.offline_pinned += u64::from(pinned);
-    }
-
-    /// The slots whose offlining was refused.
-    pub(crate) fn refused_set(&self) -> SlotSet {
-        SlotSet(self.refused)
-    }
-
-    /// Counts base pages skipped by an offline: no longer where the buffer was sent from.
-    pub(crate) fn skipped_pages(&mut self, pages: usize) {
-        self.stats.offline_skipped_pages += pages as u64;
-    }
-
-    /// Counts a buffer sent by copy.
-    pub(crate) fn count_copy(&mut self) {
-        self.stats.sent_copy += 1;
-    }
-
-    /// Records the time a reset spent on zero-copy buffers.
-    pub(crate) fn record_reset_wait(&mut self, ns: i64) {
-        let ns = u64::try_from(ns).unwrap_or(0);
-        self.stats.last_reset_wait = ns;
-        self.stats.max_reset_wait = self.stats.max_reset_wait.max(ns);
-    }
-
-    /// The deadline of buffers sent from now on, in ms.
-    pub(crate) fn timeout_ms(&self) -> u32 {
-        u32::try_from(self.timeout / 1_000_000).unwrap_or(u32::MAX)
-    }
-
-    /// Sets the deadline of buffers sent from now on.
-    pub(crate) fn set_timeout_ms(&mut self, ms: u32) {
-        self.timeout = i64::from(ms) * 1_000_000;
-    }
-
-    /// Whether expired buffers are offlined and returned at once.
-    pub(crate) fn reclaim(&self) -> bool {
-        self.reclaim
-    }
-
-    /// Sets reclaim on expiry.
-    pub(crate) fn set_reclaim(&mut self, on: bool) {
-        self.reclaim = on;
-    }
-
-    /// Marks every reserved slot stale: the ring they came from was reset, so their heads
-    /// are dropped when they complete. Returns how many there were.
-    pub(crate) fn abandon_all(&mut self) -> usize {
-        let mut n = 0;
-        for w in 0..WORDS {
-            let fresh = self.busy[w] & !self.stale[w];
-            n += fresh.count_ones() as usize;
-            self.stale[w] |= self.busy[w];
-        }
-        self.stats.abandoned += n as u64;
-        n
-    }
-
-    /// The counters.
-    pub(crate) fn stats(&self) -> Stats {
-        self.stats
-    }
-
-    /// Milliseconds (rounded up) until the last deadline of the buffers in flight whose
-    /// head is still to be returned; 0 if there is none or every deadline has passed.
-    pub(crate) fn ms_to_last_deadline(&self) -> u32 {
-        let now = now();
-        let mut last = now;
-        for w in 0..WORDS {
-            let mut live = self.busy[w] & !self.stale[w];
-            while live != 0 {
-                let m = live & live.wrapping_neg();
-                live &= !m;
-                last = last.max(self.deadline[w * 64 + m.trailing_zeros() as usize]);
-            }
-        }
-        let ms = (last - now).saturating_add(999_999) / 1_000_000;
-        u32::try_from(ms).unwrap_or(u32::MAX)
-    }
-
-    /// Buffers in flight past their deadline (marked by [`Pool::mark_expired`]).
-    pub(crate) fn expired(&self) -> usize {
-        self.expired
-            .iter()
-            .zip(&self.stale)
-            .map(|(e, s)| (e & !s).count_ones() as usize)
-            .sum()
-    }
-
-    /// The zero-copy heuristic of stock vhost-net: stop sending zero-copy while more than
-    /// one packet in 64 of the current window came back copied (delivered to a local
-    /// socket, where zero copy only costs), and start a new window every 1024 packets.
-    pub(crate) fn worth_zerocopy(&mut self) -> bool {
-        let (packets, copied) = self.window;
-        if packets >= 1024 {
-            self.window = (0, 0);
-            return true;
-        }
-        packets / 64 >= copied
-    }
-
-    /// Counts a packet in the heuristic's window.
-    pub(crate) fn count_packet(&mut self) {
-        self.window.0 = self.window.0.saturating_add(1);
     }
 }
 
@@ -995,7 +727,8 @@ extern "C" fn cost_timer_noop(_timer: *mut kb::hrtimer) -> kb::hrtimer_restart {
 /// during the measurement. This is `vhost-net-zc/timer_cost` in debugfs, which
 /// `make bench` reads.
 pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-    let timeout = i64::from(crate::module_parameters::timeout_ms.value()) * 1_000_000;
+    let timeout = Delta::from_millis(i64::from(crate::module_parameters::timeout_ms.value()));
+    let slack = u64::try_from(TIMER_SLACK.as_nanos()).unwrap_or(0);
     let Ok(timers) = KBox::pin_init(
         pin_init::pin_init_array_from_fn::<_, MAX_PEND, _, Infallible>(|_| {
             Opaque::ffi_init(|timer| {
@@ -1019,17 +752,17 @@ pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Re
 
     // One per virtqueue: start once, compare per packet.
     let start = now();
-    let mut armed = i64::MAX;
+    let mut armed = None;
     for _ in 0..COST_PACKETS {
-        let deadline = now().saturating_add(timeout);
-        if deadline < armed {
-            armed = deadline;
+        let deadline = now() + timeout;
+        if armed.is_none_or(|armed| earlier(deadline, armed)) {
+            armed = Some(deadline);
             // SAFETY: The timer was set up above and is pinned.
             unsafe {
                 kb::hrtimer_start_range_ns(
                     timers[0].get(),
-                    deadline,
-                    TIMER_SLACK_NS,
+                    deadline.as_nanos(),
+                    slack,
                     kb::hrtimer_mode_HRTIMER_MODE_ABS,
                 )
             };
@@ -1050,8 +783,8 @@ pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Re
             }
             kb::hrtimer_start_range_ns(
                 timer,
-                now().saturating_add(timeout),
-                TIMER_SLACK_NS,
+                (now() + timeout).as_nanos(),
+                slack,
                 kb::hrtimer_mode_HRTIMER_MODE_ABS,
             );
         }
@@ -1062,6 +795,7 @@ pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Re
         unsafe { kb::hrtimer_cancel(timer.get()) };
     }
     let n = COST_PACKETS as i64;
+    let (per_queue, per_buffer) = (per_queue.as_nanos(), per_buffer.as_nanos());
     writeln!(f, "packets: {}", COST_PACKETS)?;
     writeln!(f, "in_flight: {}", MAX_PEND)?;
     writeln!(f, "per_queue_timer_ns_per_packet: {}", per_queue / n)?;
@@ -1078,82 +812,4 @@ pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Re
         "stock_bytes_per_buffer: {}",
         size_of::<kb::ubuf_info_msgzc>() + size_of::<bindings::vring_used_elem>()
     )
-}
-
-#[kernel::macros::kunit_tests(vhost_net_zc_ledger)]
-mod tests {
-    use super::*;
-
-    /// Marks slot `index` reserved for `head`, with a deadline `ms` from now, as
-    /// [`Pool::reserve`] does (without a pool to hand it to).
-    fn busy(l: &mut Ledger, index: usize, head: u16, ms: i64) {
-        let (w, m) = bit(index);
-        l.busy[w] |= m;
-        l.heads[index] = head;
-        l.deadline[index] = now() + ms * 1_000_000;
-    }
-
-    #[test]
-    fn lifecycle_counts() -> Result {
-        let mut l = Ledger::new(1000)?;
-        assert_eq!(l.holding(), 0);
-        assert_eq!(l.ms_to_last_deadline(), 0);
-        busy(&mut l, 3, 30, 50);
-        busy(&mut l, 64, 640, 5);
-        busy(&mut l, 127, 1270, 5);
-        assert_eq!(l.holding(), 3);
-        let ms = l.ms_to_last_deadline();
-        assert!(ms > 0 && ms <= 50);
-        // Offlined: the guest has the head again; its deadline no longer bounds a reset.
-        assert_eq!(l.offlined(3, 2), 30);
-        assert_eq!(l.holding(), 2);
-        assert!(l.ms_to_last_deadline() <= 5);
-        assert_eq!(l.stats().offlined, 1);
-        assert_eq!(l.stats().offlined_pages, 2);
-        // Refused once: reclaim skips it.
-        l.refused(64, true);
-        assert!(!l.refused_set().is_empty());
-        assert_eq!(l.stats().offline_pinned, 1);
-        // Abandon counts only the heads not yet returned.
-        assert_eq!(l.abandon_all(), 2);
-        assert_eq!(l.stats().abandoned, 2);
-        assert_eq!(l.holding(), 0);
-        assert_eq!(l.abandon_all(), 0);
-        Ok(())
-    }
-
-    #[test]
-    fn slot_sets() {
-        let a = SlotSet([0b1011, 1 << 63]);
-        let b = SlotSet([0b0010, 1 << 63]);
-        let c = a.without(&b);
-        let mut it = c.iter();
-        assert_eq!(it.next(), Some(0));
-        assert_eq!(it.next(), Some(3));
-        assert_eq!(it.next(), None);
-        assert!(SlotSet([0, 0]).is_empty());
-        assert!(!SlotSet([0, 1 << 63]).is_empty());
-        assert_eq!(SlotSet([0, 1 << 63]).iter().next(), Some(127));
-    }
-
-    #[test]
-    fn zerocopy_heuristic() -> Result {
-        // (packets in the window, copied completions, worth zero copy): one copy in 64
-        // packets is tolerated, at N-1, N, N+1.
-        let cases: [(u32, u32, bool); 7] = [
-            (0, 0, true),
-            (63, 1, false),
-            (64, 1, true),
-            (65, 1, true),
-            (127, 2, false),
-            (128, 2, true),
-            (1024, 1000, true),
-        ];
-        for (packets, copied, want) in cases {
-            let mut l = Ledger::new(1000)?;
-            l.window = (packets, copied);
-            assert_eq!(l.worth_zerocopy(), want);
-        }
-        Ok(())
-    }
 }
