@@ -44,15 +44,14 @@ mod net;
 mod offline;
 mod reset;
 mod socket;
+#[cfg(vnzc_bench)]
+mod timer_cost;
 mod uapi;
 mod vhost;
 mod zerocopy;
 
 use kernel::{
-    debugfs::{
-        self,
-        Dir, //
-    },
+    debugfs::Dir,
     miscdevice::{
         MiscDeviceOptions,
         MiscDeviceRegistration, //
@@ -135,28 +134,35 @@ struct VhostNetZcModule {
 
 /// Owns the module's debugfs directory, through [`DEBUGFS`], and its files.
 struct DebugfsRoot {
-    /// `vhost-net-zc/timer_cost`: see [`zerocopy::show_timer_cost`].
-    timer_cost: Option<Pin<KBox<debugfs::File<()>>>>,
+    /// `vhost-net-zc/timer_cost`, in the module `make bench` builds: see
+    /// `timer_cost::show_timer_cost`.
+    #[cfg(vnzc_bench)]
+    timer_cost: Option<Pin<KBox<kernel::debugfs::File<()>>>>,
 }
 
 impl DebugfsRoot {
     /// Creates `vhost-net-zc/` in debugfs (nothing if debugfs is not available).
     fn new() -> Self {
         let root = Dir::new(c"vhost-net-zc");
-        let timer_cost: Result<Pin<KBox<debugfs::File<()>>>> = KBox::pin_init(
+        #[cfg(vnzc_bench)]
+        let timer_cost: Result<Pin<KBox<kernel::debugfs::File<()>>>> = KBox::pin_init(
             root.read_callback_file(c"timer_cost", (), &|(): &(), f| {
-                zerocopy::show_timer_cost(f)
+                timer_cost::show_timer_cost(f)
             }),
             GFP_KERNEL,
         );
-        let timer_cost = timer_cost.ok();
         *DEBUGFS.lock() = Some(root);
-        DebugfsRoot { timer_cost }
+        DebugfsRoot {
+            #[cfg(vnzc_bench)]
+            timer_cost: timer_cost.ok(),
+        }
     }
 }
 
 impl Drop for DebugfsRoot {
     fn drop(&mut self) {
+        // The files before their directory.
+        #[cfg(vnzc_bench)]
         drop(self.timer_cost.take());
         drop(DEBUGFS.lock().take());
     }

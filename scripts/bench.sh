@@ -20,7 +20,7 @@ build=$VNZC_CACHE/build/$(vnzc_kernel_key)
 mkdir -p "$build"
 (cd "$VNZC_ROOT" && git ls-files -co --exclude-standard Kbuild rust include scripts/vnzc-bindgen.py |
 	tar -cf - -T -) | tar -xf - -C "$build"
-make -s -C "$kdir" M="$build" LLVM=1 -j"$(nproc)" modules
+make -s -C "$kdir" M="$build" LLVM=1 -j"$(nproc)" VNZC_BENCH=1 modules
 vnzc_log "module for $(basename "$(dirname "$kdir")") built in $build"
 
 results=$VNZC_ROOT/.results/bench-$(date +%Y%m%d-%H%M%S)

@@ -48,6 +48,10 @@ t_module_load() {
 	[ "$((16#$major))" -eq 10 ] || { echo "major $major is not misc (10)"; return 1; }
 	dmesg | grep -q 'vhost_net_zc: /dev/vhost-net-zc ready' ||
 		{ echo "no load line in dmesg"; return 1; }
+	# The benchmark's timer measurement is built only into the module `make bench` loads.
+	[ -d /sys/kernel/debug/vhost-net-zc ] || { echo "no vhost-net-zc/ in debugfs"; return 1; }
+	[ ! -e /sys/kernel/debug/vhost-net-zc/timer_cost ] ||
+		{ echo "the production module has the benchmark's timer_cost"; return 1; }
 }
 
 t_modinfo() {
