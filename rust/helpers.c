@@ -124,32 +124,38 @@ bool vnzc_sock_zerocopy(struct socket *sock)
 }
 
 /*
- * A killable wait for *count == 0 of at most timeout_ms (< 0: no bound), timed by an
- * hrtimer: jiffies lag far behind real time where ticks are lost (an emulated guest), and a
- * reset deadline is real time. Returns 1 once the count is zero, 0 on timeout, -ERESTARTSYS
- * on a fatal signal.
+ * Whether every bit of @want (@n words) is set in @done or in @reaped: the owner sets a
+ * slot's @reaped bit before it takes its @done bit, with a full barrier between.
  */
-/* Whether every bit of @want (@n words) is set in @done. */
-static bool vnzc_all_done(const u64 *done, const u64 *want, int n)
+static bool vnzc_all_done(const u64 *done, const u64 *reaped, const u64 *want, int n)
 {
-	for (int i = 0; i < n; i++)
-		if ((READ_ONCE(done[i]) & want[i]) != want[i])
+	for (int i = 0; i < n; i++) {
+		u64 seen = READ_ONCE(done[i]);
+
+		/* Paired with the full barrier of the owner's clear of @done. */
+		smp_rmb();
+		seen |= READ_ONCE(reaped[i]);
+		if ((seen & want[i]) != want[i])
 			return false;
+	}
 	return true;
 }
 
 /*
- * Waits killably, for at most @timeout_ms (< 0: no bound), until every bit of @want is set
- * in @done, which completions set before they wake @wq. Returns 1 when they are, 0 on
- * timeout, -ERESTARTSYS if a fatal signal came.
+ * Waits killably, for at most @timeout_ms (< 0: no bound), until every slot of @want has
+ * completed: its bit set in @done, which completions set before they wake @wq, or, once
+ * the owner reaped it, in @reaped. Timed by an hrtimer: jiffies lag far behind real time
+ * where ticks are lost (an emulated guest), and a reset deadline is real time. Returns 1
+ * when they have, 0 on timeout, -ERESTARTSYS if a fatal signal came.
  */
-long vnzc_wait_done_killable(struct wait_queue_head *wq, const u64 *done, const u64 *want, int n,
-			     s64 timeout_ms)
+long vnzc_wait_done_killable(struct wait_queue_head *wq, const u64 *done, const u64 *reaped,
+			     const u64 *want, int n, s64 timeout_ms)
 {
 	ktime_t timeout = timeout_ms < 0 ? KTIME_MAX : ms_to_ktime(timeout_ms);
 	int r;
 
-	r = __wait_event_hrtimeout(*wq, vnzc_all_done(done, want, n), timeout, TASK_KILLABLE);
+	r = __wait_event_hrtimeout(*wq, vnzc_all_done(done, reaped, want, n), timeout,
+				   TASK_KILLABLE);
 	if (r == -ETIME)
 		return 0;
 	return r ? r : 1;

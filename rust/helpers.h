@@ -31,8 +31,8 @@ int vnzc_sock_family(struct socket *sock);
 void vnzc_debug(const char *what, s64 a, s64 b);
 void vnzc_vq_err(struct vhost_virtqueue *vq, const char *msg);
 bool vnzc_sock_zerocopy(struct socket *sock);
-long vnzc_wait_done_killable(struct wait_queue_head *wq, const u64 *done, const u64 *want, int n,
-			     s64 timeout_ms);
+long vnzc_wait_done_killable(struct wait_queue_head *wq, const u64 *done, const u64 *reaped,
+			     const u64 *want, int n, s64 timeout_ms);
 void vnzc_wake_waiters(struct wait_queue_head *wq);
 struct ptr_ring *vnzc_tap_ring(struct file *file);
 int vnzc_ring_consume_batched(struct ptr_ring *ring, struct file *file, void **batch, int n);

@@ -125,6 +125,10 @@ pub(crate) struct Pool {
     ubufs: [Opaque<kb::ubuf_info_msgzc>; MAX_PEND],
     /// Bit `i` set: slot `i`'s completion ran and the owner has not reaped it yet.
     done: [Atomic<u64>; WORDS],
+    /// Bit `i` set: slot `i`'s completion was reaped, until the slot is reserved again. Set
+    /// before its `done` bit is taken, so a reset waiting for the slot sees one of the two
+    /// ([`Pool::wait_done`]) even when the handler reaps the completion first.
+    reaped: [Atomic<u64>; WORDS],
     /// Bit `i` set: slot `i` completed after its frags were copied (no zero copy happened).
     copied: [Atomic<u64>; WORDS],
     inflight: Atomic<i32>,
@@ -165,7 +169,8 @@ fn take_bits(word: &Atomic<u64>, mask: u64) -> bool {
         if old & mask == 0 {
             return false;
         }
-        match word.cmpxchg(old, old & !mask, Acquire) {
+        // Full: what was stored before (a `reaped` bit) is seen by whoever sees the clear.
+        match word.cmpxchg(old, old & !mask, Full) {
             Ok(_) => return true,
             Err(seen) => old = seen,
         }
@@ -211,6 +216,7 @@ impl Pool {
             pin_init!(Pool {
                 ubufs: [const { Opaque::zeroed() }; MAX_PEND],
                 done: [const { Atomic::new(0) }; WORDS],
+                reaped: [const { Atomic::new(0) }; WORDS],
                 copied: [const { Atomic::new(0) }; WORDS],
                 inflight: Atomic::new(0),
                 idle <- Opaque::ffi_init(|wq| {
@@ -286,6 +292,7 @@ impl Pool {
         ledger.stale[w] &= !m;
         ledger.expired[w] &= !m;
         ledger.refused[w] &= !m;
+        take_bits(&self.reaped[w], m);
         ledger.heads[index] = head;
         // In bounds: `pages.len() <= MAX_PAGES`, checked above.
         if let Some(to) = ledger
@@ -429,6 +436,7 @@ impl Pool {
                 if !stale && n == heads.len() {
                     return n;
                 }
+                set_bits(&self.reaped[w], m);
                 take_bits(&self.done[w], m);
                 let copied = take_bits(&self.copied[w], m);
                 ledger.busy[w] &= !m;
@@ -573,7 +581,8 @@ impl Pool {
     }
 
     /// Waits until every buffer of `set` has completed, killably, for at most `timeout_ms`.
-    /// Buffers outside the set (already offlined or abandoned) are not waited for.
+    /// Buffers outside the set (already offlined or abandoned) are not waited for; one whose
+    /// completion the TX handler reaped meanwhile counts as completed.
     ///
     /// # Errors
     ///
@@ -583,12 +592,13 @@ impl Pool {
         if set.is_empty() {
             return Ok(());
         }
-        // SAFETY: `idle` was initialised in `create()`; `done` and `set` are `WORDS` words
-        // that outlive the wait (`Atomic<u64>` is a `u64` in memory).
+        // SAFETY: `idle` was initialised in `create()`; `done`, `reaped` and `set` are `WORDS`
+        // words that outlive the wait (`Atomic<u64>` is a `u64` in memory).
         let r = unsafe {
             bindings::vnzc_wait_done_killable(
                 self.idle.get(),
                 self.done.as_ptr().cast(),
+                self.reaped.as_ptr().cast(),
                 set.0.as_ptr(),
                 WORDS as i32,
                 i64::from(timeout_ms),

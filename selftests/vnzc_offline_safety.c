@@ -966,6 +966,71 @@ TEST_F_TIMEOUT(safe, reset_waits_only_live, 120)
 	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
 }
 
+/*
+ * The same wait, raced: the completion that ends a reset's wait also wakes the TX handler,
+ * which reaps the slot (clears its done bit) at once. Whichever of the two looks first,
+ * the reset must see the buffer finished and return, not sleep to the deadline. ROUNDS
+ * resets each wait for one buffer whose skb is released 10-60 ms into the wait.
+ */
+struct release_later {
+	int nl, ifindex;
+	unsigned int delay_us;
+};
+
+static void *release_nl_later(void *arg)
+{
+	struct release_later *r = arg;
+
+	usleep(r->delay_us);
+	if (plug_nl(r->nl, r->ifindex, TCQ_PLUG_RELEASE_INDEFINITE))
+		fprintf(stderr, "# could not release vnzcd1\n");
+	return NULL;
+}
+
+TEST_F_TIMEOUT(safe, reset_wait_races_reap, 300)
+{
+	enum { RACE_ROUNDS = 40, DEADLINE_MS = 3000 };
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct release_later r;
+	unsigned int seed = 7;
+	long slow = 0, longest = 0;
+
+	r.nl = netlink_open();
+	r.ifindex = if_nametoindex("vnzcd1");
+	ASSERT_LE(0, r.nl);
+	ASSERT_NE(0, r.ifindex);
+	ASSERT_EQ(0, system("tc qdisc add dev vnzcd1 root plug limit 100000000"));
+	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, DEADLINE_MS));
+	for (int round = 0; round < RACE_ROUNDS; round++) {
+		uint32_t ids[4];
+		pthread_t th;
+		long t0, took;
+		int head, n;
+
+		ASSERT_EQ(0, plug_nl(r.nl, r.ifindex, TCQ_PLUG_BUFFER));
+		head = send_frame(g, mac_free, ZC_LEN, round, NULL);
+		ASSERT_LE(0, head);
+		ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 1, 3000));
+		r.delay_us = 10000 + rand_r(&seed) % 50000;
+		ASSERT_EQ(0, pthread_create(&th, NULL, release_nl_later, &r));
+		t0 = now_ms();
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+		took = now_ms() - t0;
+		pthread_join(th, NULL);
+		slow += took > DEADLINE_MS / 2;
+		longest = took > longest ? took : longest;
+		n = reap_all(g, ids, 4, 1000);
+		ASSERT_EQ(1, n) TH_LOG("round %d: %d heads", round, n);
+		ASSERT_EQ((uint32_t)head, ids[0]);
+		ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	}
+	close(r.nl);
+	TH_LOG("%d resets raced the reap of their buffer: %ld waited to the deadline, longest %ld ms",
+	       RACE_ROUNDS, slow, longest);
+	EXPECT_EQ(0, slow);
+}
+
 /* A VMM blocked in a reset (a 60 s deadline) is reaped as soon as it is killed. */
 TEST_F_TIMEOUT(safe, kill_in_reset, 120)
 {
