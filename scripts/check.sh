@@ -51,6 +51,27 @@ if [ -f "$ktap" ]; then
 	fail=$(grep -cE '^not ok [0-9]+ ' "$ktap" || true)
 fi
 seen=$(( pass + fail + skip ))
+# The plan must come before the first result: known before the tests ran.
+if [ -f "$ktap" ]; then
+	plan_at=$(grep -nE '^1\.\.[0-9]+$' "$ktap" | head -n 1 | cut -d: -f1)
+	first_at=$(grep -nE '^(not )?ok [0-9]+ ' "$ktap" | head -n 1 | cut -d: -f1)
+	if [ -n "$plan_at" ] && [ -n "$first_at" ] && [ "$plan_at" -gt "$first_at" ]; then
+		vnzc_log "the plan was printed after the first result: counting the run as failed"
+		fail=$(( fail + 1 ))
+	fi
+fi
+# A SKIP is a failure unless selftests/expected-skips lists it, with its reason.
+unexpected=0
+while IFS= read -r line; do
+	name=${line#ok * }
+	name=${name%% # SKIP*}
+	if ! grep -v '^#' "$VNZC_ROOT/selftests/expected-skips" | awk '{print $1}' |
+		grep -qxF -- "$name"; then
+		vnzc_log "unexpected skip (not in selftests/expected-skips): $line"
+		unexpected=$(( unexpected + 1 ))
+	fi
+done < <(grep -E '^ok [0-9]+ .*# SKIP' "$ktap" 2>/dev/null || true)
+fail=$(( fail + unexpected ))
 if [ "$vm_rc" -ne 0 ]; then
 	vnzc_log "the VM exited with status $vm_rc (124: the ${limit}s bound); last lines of its stderr:"
 	tail -n 20 "$results/vm.stderr" >&2 || true

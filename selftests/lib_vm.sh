@@ -6,6 +6,21 @@
 
 VNZC_TESTS_RUN=0
 
+# What the kernel log must never contain: WARN, BUG/KASAN, UBSAN, lockdep and RCU
+# reports, debug-object reports, hung tasks, soft and hard lockups, Rust panics, oopses,
+# leaks.
+SPLAT='WARNING:|BUG:|KASAN:|UBSAN:|circular locking dependency|recursive locking detected|inconsistent lock state|suspicious RCU usage|DEBUG_LOCKS_WARN_ON|blocked for more than|soft lockup|hard LOCKUP|panicked at|Oops|general protection fault|kernel BUG at|unreferenced object|ODEBUG:|Call Trace:'
+
+# boot_splat DIR: whether the kernel reported a splat before anything of ours ran; if so,
+# saves the log to DIR/boot-splat and prints the splat as diagnostics.
+boot_splat() {
+	dmesg | grep -qE "$SPLAT" || return 1
+	dmesg >"$1/boot-splat"
+	echo "# the kernel reported a splat while booting, before any test ran:"
+	dmesg | grep -E -A12 "$SPLAT" | head -n 30 | sed 's/^/# /'
+	return 0
+}
+
 # ktap LINE: one line of the result stream, to the terminal and to the result file.
 ktap() {
 	printf '%s\n' "$*"
@@ -33,6 +48,10 @@ ktap_result() {
 # status the result (0 pass, 4 skip as in kselftest, anything else fail).
 run_case() {
 	local name=$1 fn=$2 out rc last
+	if [ -n "${PLAN_CASES+set}" ] && [[ " ${PLAN_CASES[*]} " != *" $name "* ]]; then
+		ktap_result fail "$name" "not in the plan (PLAN_CASES)"
+		return
+	fi
 	out=$(mktemp)
 	"$fn" >"$out" 2>&1
 	rc=$?
@@ -46,6 +65,25 @@ run_case() {
 	esac
 }
 
+# harness_cases PROGRAM: how many test points run_harness PROGRAM will report, before it
+# runs: for a kselftest_harness program, from its -l listing (per fixture, its variants
+# times its tests; the columns are printf'd as %-20s %-25s %s); for vnzc_qemu.py, --count.
+harness_cases() {
+	case "$1" in
+	*.py) "$1" --count ;;
+	*) "$1" -l 2>&1 | awk '
+		function flush() { if (t) n += (v ? v : 1) * t; v = 0; t = 0 }
+		/^# FIXTURE/ { next }
+		/^-+$/ { flush(); next }
+		length(substr($0, 1, 20)) == 20 && substr($0, 21, 1) != " " { bad = 1 }
+		{ var = substr($0, 22, 25); test = substr($0, 48)
+		  gsub(/ /, "", var); gsub(/ /, "", test)
+		  if (var != "") v++
+		  if (test != "") t++ }
+		END { flush(); if (bad) n = -1; print n + 0 }' ;;
+	esac
+}
+
 # run_harness PROGRAM [ARGS...]: a kselftest_harness program (or another that prints TAP);
 # each of its test cases becomes a test point of ours, named PROGRAM:CASE. A program that
 # dies before reporting every case it planned adds a failed point.
@@ -54,6 +92,10 @@ run_harness() {
 	shift
 	base=$(basename "$prog")
 	base=${base%.py}
+	if [ -n "${PLAN_HARNESSES+set}" ] && [[ " ${PLAN_HARNESSES[*]} " != *" $base "* ]]; then
+		ktap_result fail "$base" "not in the plan (PLAN_HARNESSES)"
+		return
+	fi
 	out=$(mktemp)
 	timeout -k 5 "${VNZC_HARNESS_TIMEOUT:-300}" "$prog" "$@" >"$out" 2>&1
 	rc=$?

@@ -117,12 +117,9 @@ FIXTURE_SETUP(net)
 	ASSERT_EQ(0, r) TH_LOG("setup: %s", strerror(-r));
 }
 
-/* Attaches the tap to virtqueue @idx; skips where the device has no datapath yet. */
+/* Attaches the tap to virtqueue @idx. */
 #define ATTACH(idx) do {							\
 	int __r = vg_set_backend(&self->g, (idx), self->tap_fd);		\
-	if (__r == -EOPNOTSUPP)							\
-		SKIP(return, "%s: no datapath on this queue yet (SET_BACKEND: EOPNOTSUPP)",	\
-		     variant->dev);						\
 	ASSERT_EQ(0, __r) TH_LOG("SET_BACKEND: %s", strerror(-__r));		\
 } while (0)
 

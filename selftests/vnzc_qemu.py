@@ -544,7 +544,9 @@ def make_initrd(args):
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--kernel", required=True, help="the guest's bzImage")
+    ap.add_argument("--kernel", help="the guest's bzImage (required unless --count)")
+    ap.add_argument("--count", action="store_true",
+                    help="print how many test points a run reports, and exit (the plan)")
     ap.add_argument("--devices", default="zc,stock", help="zc, stock or both (zc,stock)")
     ap.add_argument("--bulk-mib", type=int, default=32)
     ap.add_argument("--timeout-ms", type=int, default=300,
@@ -567,6 +569,11 @@ def main():
     args = ap.parse_args()
 
     devices = [d for d in args.devices.split(",") if d]
+    if args.count:
+        print(2 * len(devices))
+        return 0
+    if not args.kernel:
+        ap.error("--kernel is required")
     print("TAP version 13")
     print(f"1..{2 * len(devices)}", flush=True)
     os.makedirs(args.work, exist_ok=True)
