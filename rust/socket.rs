@@ -76,11 +76,12 @@ impl Socket {
     ///
     /// # Errors
     ///
-    /// `ENOTSOCK` if `fd` is none of these (including a closed descriptor), as vhost-net.
+    /// `ENOTSOCK` if `fd` is none of these (including a closed descriptor), as vhost-net;
+    /// `ENOMEM` if it is a tap whose receive batch could not be allocated.
     pub(crate) fn from_fd(fd: i32) -> Result<Self> {
         Self::raw_packet(fd)
             .or_else(|_| Self::tap(fd))
-            .map_err(|_| ENOTSOCK)
+            .map_err(|e| if e == ENOMEM { e } else { ENOTSOCK })
     }
 
     fn raw_packet(fd: i32) -> Result<Self> {
