@@ -790,7 +790,10 @@ impl VhostNetZc {
     ///
     /// - `EFAULT`: the argument cannot be read; `EINVAL`: an unknown flag;
     /// - `EPERM`: the caller is not the owner;
-    /// - `EOPNOTSUPP`: some buffer could not be offlined (it stays in flight).
+    /// - some buffer could not be offlined (it stays in flight): `EOPNOTSUPP` for memory
+    ///   that cannot be offlined, `EBUSY` for a page that may be pinned for DMA, `ENOMEM`
+    ///   when memory ran short (the call may be repeated), `EINTR` if the caller was
+    ///   killed.
     fn vm_reset(&self, arg: UserPtr) -> Result<isize> {
         let flags: u32 = UserSlice::new(arg, size_of::<u32>()).reader().read()?;
         if flags != 0 {
@@ -810,10 +813,10 @@ impl VhostNetZc {
         let refused =
             reset::offline_and_return(Some(&vq), &mut ledger, &mm, &victims, Mode::Discard);
         ledger.record_reset_wait(zerocopy::now() - start);
-        if refused != 0 {
-            return Err(EOPNOTSUPP);
+        match refused.error {
+            None if refused.count == 0 => Ok(0),
+            error => Err(error.unwrap_or(EOPNOTSUPP)),
         }
-        Ok(0)
     }
 
     /// `VHOST_NET_ZC_GET_STATS`: the first `len` bytes of the counters (the command of an

@@ -88,20 +88,30 @@ pub(crate) fn settle(dev: &DevGuard<'_, NetState, NVQS>) {
     ledger.record_reset_wait(zerocopy::now() - start);
 }
 
+/// The buffers an offline left in flight, and why.
+pub(crate) struct Refused {
+    /// How many could not be offlined (they stay in flight).
+    pub(crate) count: usize,
+    /// The last reason: `ENOMEM` (no memory for the offline's bookkeeping or a replacement
+    /// page: may be tried again), `EINTR` (killed while waiting for the mmap lock),
+    /// `EBUSY` (a page may be pinned for DMA) or `EOPNOTSUPP` (memory that cannot be
+    /// offlined in this mode); `None` if `count` is 0.
+    pub(crate) error: Option<Error>,
+}
+
 /// Offlines the buffers `victims` in `mode`, all under one mmap lock, and, if `vq` is
-/// given, returns their heads. Returns how many could not be offlined (they stay in
-/// flight).
+/// given, returns their heads. Returns what could not be offlined.
 pub(crate) fn offline_and_return(
     vq: Option<&NetVq<'_>>,
     ledger: &mut Ledger,
     mm: &MmWithUser,
     victims: &SlotSet,
     mode: Mode,
-) -> usize {
+) -> Refused {
     let mut heads = [0u16; zerocopy::MAX_PEND];
     let mut order = [0usize; zerocopy::MAX_PEND];
     let (mut n, mut refused) = (0, 0);
-    let mut last_err = None;
+    let (mut last_err, mut quiet_err) = (None, None);
     let (bufs, pages) = victims.iter().fold((0, 0), |(b, p), index| {
         (b + 1, p + ledger.pages(index).len())
     });
@@ -132,7 +142,10 @@ pub(crate) fn offline_and_return(
                 }
             }
             // Buffers the offliner had no room to note stay in flight.
-            refused += bufs - report.bufs.len();
+            if report.bufs.len() < bufs {
+                refused += bufs - report.bufs.len();
+                quiet_err = Some(ENOMEM);
+            }
             if let Some(e) = report.hole_error {
                 last_err = Some(e);
             }
@@ -147,7 +160,10 @@ pub(crate) fn offline_and_return(
         }
         // Killed while waiting for the lock, or no memory to note the buffers: they stay
         // in flight, not refused.
-        Err(_) => refused = bufs,
+        Err(e) => {
+            refused = bufs;
+            quiet_err = Some(e);
+        }
     }
     if let Some(e) = last_err {
         if crate::ratelimit(&OFFLINE_WARNED) {
@@ -168,7 +184,14 @@ pub(crate) fn offline_and_return(
             vq.add_used_heads_and_signal(&heads[..n]);
         }
     }
-    refused
+    Refused {
+        count: refused,
+        error: if refused == 0 {
+            None
+        } else {
+            last_err.or(quiet_err)
+        },
+    }
 }
 
 /// When the last warning about refused buffers was printed (see [`crate::ratelimit`]).
@@ -179,7 +202,7 @@ fn refusal(e: Error) -> &'static str {
     if e == EBUSY {
         "a page may be pinned for DMA"
     } else if e == ENOMEM {
-        "no free huge page for the copy"
+        "no memory for a replacement page (or no free huge page)"
     } else if e == EOPNOTSUPP {
         "memory shared with a file, not writable, userfaultfd-registered, or not pages"
     } else {

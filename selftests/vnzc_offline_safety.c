@@ -710,6 +710,9 @@ TEST_F_TIMEOUT(safe, refuse_dma_pinned, 120)
 		TH_LOG("IORING_REGISTER_BUFFERS: %s", strerror(errno));
 	send_four(_metadata, g, &h, pages);
 	reset_expect_refused(_metadata, g, &h, 4);
+	/* The VM reset refuses them too, and says why. */
+	EXPECT_EQ(-EBUSY, set_u32(g, VHOST_NET_ZC_VM_RESET, 0));
+	expect_intact(_metadata, &h);
 	close(ring);
 	release_and_reap(_metadata, g, &h, 4);
 }
@@ -737,6 +740,8 @@ TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
 								 strerror(errno));
 	send_four(_metadata, g, &h, pages);
 	reset_expect_refused(_metadata, g, &h, 0);
+	EXPECT_EQ(-EOPNOTSUPP, set_u32(g, VHOST_NET_ZC_VM_RESET, 0));
+	expect_intact(_metadata, &h);
 	close(uffd);
 	release_and_reap(_metadata, g, &h, 4);
 }

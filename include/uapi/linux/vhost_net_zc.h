@@ -44,8 +44,10 @@
  * The VMM resets the VM: every zero-copy buffer in flight, expired or not, is offlined at
  * once in discard mode (the guest sees zeroed pages where the buffers were) and its head
  * written to the used ring. The argument is a mask of flags; none is defined yet (EINVAL
- * for any bit). EPERM: the caller is not the owner. EOPNOTSUPP: some buffer is in memory
- * that cannot be offlined (see the documentation); those stay in flight.
+ * for any bit). EPERM: the caller is not the owner. Some buffers could not be offlined
+ * and stay in flight: EOPNOTSUPP, they are in memory that cannot be offlined (see the
+ * documentation); EBUSY, a page may be pinned for DMA; ENOMEM, memory ran short (the call
+ * may be repeated).
  */
 #define VHOST_NET_ZC_VM_RESET		_IOW(VHOST_NET_ZC_IOC_TYPE, 0x03, __u32)
 
