@@ -52,40 +52,6 @@
 #define COUNTER_OFF	2048	/* a plain store and load, through the page tables */
 #define GUP_OFF		3072	/* pread()/pwrite() of /proc/self/mem: through GUP */
 
-/* The counters up to reclaim: the first version of the struct (older modules). */
-#define GET_STATS_V1 _IOC(_IOC_READ, VHOST_NET_ZC_IOC_TYPE, 0x04, \
-			  offsetof(struct vhost_net_zc_stats, offline_pinned))
-
-static int get_stats(struct vg_guest *g, struct vhost_net_zc_stats *s)
-{
-	memset(s, 0, sizeof(*s));
-	if (ioctl(g->fd, VHOST_NET_ZC_GET_STATS, s) == 0)
-		return 0;
-	/* A module from before the counters of this program: what it has. */
-	if (errno == ENOTTY && ioctl(g->fd, GET_STATS_V1, s) == 0)
-		return 0;
-	return -errno;
-}
-
-static int set_u32(struct vg_guest *g, unsigned long cmd, uint32_t v)
-{
-	return ioctl(g->fd, cmd, &v) ? -errno : 0;
-}
-
-/* Waits up to @ms until @cond(stats) holds; returns whether it did. */
-#define WAIT_FOR(g, s, cond, ms) ({						\
-	bool __ok = false;							\
-	for (long __end = now_ms() + (ms); ; usleep(1000)) {			\
-		if (get_stats(g, &(s)) == 0 && (cond)) {			\
-			__ok = true;						\
-			break;							\
-		}								\
-		if (now_ms() > __end)						\
-			break;							\
-	}									\
-	__ok;									\
-})
-
 /* Posts a frame of ZC_LEN bytes at @frame (its header at @hdr) to @dst; returns its head. */
 static int post_at(struct vg_guest *g, uint8_t *hdr, uint8_t *frame, const uint8_t *dst,
 		   unsigned int seed)
@@ -318,7 +284,7 @@ TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
 	uint8_t *hdrs, *mem, orig[K][ZC_LEN];
 	long offlined0, rounds_done = 0;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
 	hdrs = vg_alloc(g, PAGE, PAGE);
 	mem = vg_alloc(g, K * PAGE, PAGE);
 	ASSERT_NE(NULL, hdrs);
@@ -328,7 +294,7 @@ TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
 		memset(w.page[i], 0, PAGE);
 		memset(w.page[i] + SENTINEL_OFF, 0xa5, SENTINEL_LEN);
 	}
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	offlined0 = s.offlined;
 	ASSERT_EQ(0, pthread_create(&th[0], NULL, writer_loop, &w));
 	ASSERT_EQ(0, pthread_create(&th[1], NULL, reader_loop, &w));
@@ -338,14 +304,14 @@ TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
 		int heads[K], seen = 0, n;
 		uint64_t base;
 
-		ASSERT_EQ(0, get_stats(g, &s));
+		ASSERT_EQ(0, zc_stats(g, &s));
 		base = s.sent_zerocopy;
 		for (int i = 0; i < K; i++) {
 			heads[i] = post_at(g, hdrs + i * 64, w.page[i], mac_held, r * K + i);
 			ASSERT_LE(0, heads[i]);
 			memcpy(orig[i], w.page[i], ZC_LEN);
 		}
-		ASSERT_TRUE(WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
+		ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
 		ASSERT_EQ(base + K, s.sent_zerocopy) TH_LOG("round %d: some frames were copied", r);
 		usleep(2000);	/* past the 1 ms deadline */
 		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
@@ -364,7 +330,7 @@ TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
 		/* Free the held skbs now and then: a queue holds 128 at most. */
 		if (r % 8 == 7) {
 			plug(false);
-			ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 5000));
+			ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 5000));
 			plug(true);
 		}
 		rounds_done++;
@@ -372,7 +338,7 @@ TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
 	atomic_store(&w.stop, true);
 	for (int i = 0; i < 3; i++)
 		pthread_join(th[i], NULL);
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	TH_LOG("%ld rounds, %llu buffers offlined, %llu pages; writer %ld passes, %ld lost writes, %ld stale reads; GUP writer %ld passes, %ld lost writes, %ld errors",
 	       rounds_done, s.offlined - offlined0, s.offlined_pages, w.passes, w.lost, w.stale,
 	       w.gup_passes, w.gup_lost, w.gup_errors);
@@ -382,7 +348,7 @@ TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
 	EXPECT_EQ(0, w.gup_lost);
 	EXPECT_EQ(0, w.gup_errors);
 	plug(false);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0 && s.held_pages == 0, 5000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0 && s.held_pages == 0, 5000));
 }
 
 /*
@@ -400,9 +366,9 @@ TEST_F_TIMEOUT(safe, completion_races_offline, 1500)
 	long total = 0, extra = 0;
 	uint64_t offlined0;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
 	ASSERT_EQ(0, toggler_start(&t)) TH_LOG("rtnetlink plug control failed");
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	offlined0 = s.offlined;
 	for (int r = 0; r < RACE_ROUNDS; r++) {
 		uint32_t ids[4 * PER];
@@ -413,7 +379,7 @@ TEST_F_TIMEOUT(safe, completion_races_offline, 1500)
 			ASSERT_LE(0, heads[i]);
 		}
 		total += PER;
-		ASSERT_TRUE(WAIT_FOR(g, s, (long)(s.sent_zerocopy + s.sent_copy) >= total, 5000));
+		ASSERT_TRUE(ZC_WAIT_FOR(g, s, (long)(s.sent_zerocopy + s.sent_copy) >= total, 5000));
 		usleep((r % 4) * 700);
 		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
 		n = reap_all(g, ids, PER, 2000);
@@ -430,7 +396,7 @@ TEST_F_TIMEOUT(safe, completion_races_offline, 1500)
 		g->mem_used = 2 * PAGE * 4;
 	}
 	toggler_stop(&t);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0 && s.held_pages == 0, 5000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0 && s.held_pages == 0, 5000));
 	TH_LOG("%d rounds, %ld frames: %llu zero-copy, %llu offlined, %llu completed; %ld plug toggles (%ld errors)",
 	       RACE_ROUNDS, total, s.sent_zerocopy, s.offlined - offlined0, s.completed,
 	       t.toggles, t.errors);
@@ -462,12 +428,12 @@ TEST_F_TIMEOUT(safe, teardown_races, 900)
 
 		ASSERT_EQ(0, vg_open(&g, "/dev/vhost-net-zc", 1 << 20));
 		ASSERT_EQ(0, vg_setup(&g, 1ULL << VIRTIO_F_VERSION_1, RING));
-		ASSERT_EQ(0, set_u32(&g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+		ASSERT_EQ(0, zc_set(&g, VHOST_NET_ZC_SET_TIMEOUT, 1));
 		ASSERT_EQ(0, vg_set_backend(&g, VG_TX, self->e.tap_fd));
 		for (int i = 0; i < 4; i++)
 			ASSERT_LE(0, send_frame(&g, i & 1 ? mac_free : mac_held, ZC_LEN, r + i, NULL));
 		usleep((r % 5) * 400);
-		if (get_stats(&g, &s) == 0)
+		if (zc_stats(&g, &s) == 0)
 			zc += s.sent_zerocopy;
 		if (r % 2) {
 			ASSERT_EQ(0, ioctl(g.fd, VHOST_RESET_OWNER));
@@ -513,15 +479,15 @@ TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
 	uint32_t ids[16];
 	int old[4], fresh[2], n;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	for (int i = 0; i < 4; i++) {
 		old[i] = send_frame(g, mac_held, ZC_LEN, i, NULL);
 		ASSERT_LE(0, old[i]);
 	}
-	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 4, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 4, 3000));
 	usleep(30 * 1000);
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(4, (long)s.offline_refused);
 	EXPECT_EQ(0, reap_all(g, ids, 16, 100)) TH_LOG("a refused buffer's head came back");
 	/* The guest reboots: new rings, somewhere else, starting at index 0. */
@@ -530,7 +496,7 @@ TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
 	close(vq->err_fd);
 	ASSERT_EQ(0, vg_setup_vq(g, VG_TX, RING));
 	vq->avail_idx = vq->last_used = vq->next_desc = 0;
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(4, (long)s.abandoned);
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
 	for (int i = 0; i < 2; i++) {
@@ -538,7 +504,7 @@ TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
 		ASSERT_LE(0, fresh[i]);
 	}
 	plug(false);
-	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	n = reap_all(g, ids, 2, 2000);
 	n += reap_all(g, ids + n, 16 - n, 300);
 	EXPECT_EQ(2, n) TH_LOG("%d heads in the new ring, 2 expected", n);
@@ -557,21 +523,21 @@ TEST_F_TIMEOUT(shared, reclaim_refused_once, 120)
 	struct vg_guest *g = &self->e.g;
 	struct vhost_net_zc_stats s;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_RECLAIM, 1));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_RECLAIM, 1));
 	for (int i = 0; i < 2; i++)
 		ASSERT_LE(0, send_frame(g, mac_held, ZC_LEN, i, NULL));
-	ASSERT_TRUE(WAIT_FOR(g, s, s.offline_refused >= 2, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.offline_refused >= 2, 3000));
 	/* Each frame is a kick, a run of the handler with the refused buffers expired. */
 	for (int i = 0; i < 8; i++) {
 		ASSERT_LE(0, send_frame(g, mac_free, ZC_LEN, 10 + i, NULL));
 		usleep(30 * 1000);
 	}
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	TH_LOG("refused %llu times after 8 more handler runs", s.offline_refused);
 	EXPECT_EQ(2, (long)s.offline_refused);
 	plug(false);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 }
 
 /*
@@ -594,12 +560,12 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
 	uint32_t ids[16];
 	int old[4], n;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	for (int i = 0; i < 4; i++) {
 		old[i] = send_frame(g, mac_held, ZC_LEN, i, NULL);
 		ASSERT_LE(0, old[i]);
 	}
-	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 4, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 4, 3000));
 	usleep(30 * 1000);
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_GET_VRING_BASE, &st));
@@ -608,11 +574,11 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
 			   &(struct vhost_vring_state){ .index = VG_TX, .num = RING }));
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr));
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(0, (long)s.abandoned);
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
 	plug(false);
-	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	n = reap_all(g, ids, 4, 2000);
 	n += reap_all(g, ids + n, 16 - n, 300);
 	EXPECT_EQ(4, n);
@@ -645,7 +611,7 @@ static void send_four(struct __test_metadata *_metadata, struct vg_guest *g, str
 		ASSERT_LE(0, h->head[i]);
 		memcpy(h->orig[i], h->at[i], ZC_LEN);
 	}
-	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 4, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 4, 3000));
 	usleep(30 * 1000);	/* past the 20 ms deadline */
 }
 
@@ -664,7 +630,7 @@ static void reset_expect_refused(struct __test_metadata *_metadata, struct vg_gu
 	uint32_t ids[8];
 
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	TH_LOG("refused %llu (pinned %llu), offlined %llu", s.offline_refused, s.offline_pinned,
 	       s.offlined);
 	EXPECT_EQ(4, (long)s.offline_refused);
@@ -683,7 +649,7 @@ static void release_and_reap(struct __test_metadata *_metadata, struct vg_guest 
 	int n;
 
 	plug(false);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	n = reap_all(g, ids, expect, 2000);
 	n += reap_all(g, ids + n, 16 - n, 200);
 	EXPECT_EQ(expect, n);
@@ -699,7 +665,7 @@ TEST_F_TIMEOUT(safe, refuse_dma_pinned, 120)
 	uint8_t *pages;
 	int ring;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	pages = vg_alloc(g, 4 * PAGE, PAGE);
 	ASSERT_NE(NULL, pages);
 	memset(pages, 1, 4 * PAGE);
@@ -711,7 +677,7 @@ TEST_F_TIMEOUT(safe, refuse_dma_pinned, 120)
 	send_four(_metadata, g, &h, pages);
 	reset_expect_refused(_metadata, g, &h, 4);
 	/* The VM reset refuses them too, and says why. */
-	EXPECT_EQ(-EBUSY, set_u32(g, VHOST_NET_ZC_VM_RESET, 0));
+	EXPECT_EQ(-EBUSY, zc_set(g, VHOST_NET_ZC_VM_RESET, 0));
 	expect_intact(_metadata, &h);
 	close(ring);
 	release_and_reap(_metadata, g, &h, 4);
@@ -727,7 +693,7 @@ TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
 	uint8_t *pages;
 	int uffd;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	pages = vg_alloc(g, 4 * PAGE, PAGE);
 	ASSERT_NE(NULL, pages);
 	memset(pages, 1, 4 * PAGE);
@@ -740,7 +706,7 @@ TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
 								 strerror(errno));
 	send_four(_metadata, g, &h, pages);
 	reset_expect_refused(_metadata, g, &h, 0);
-	EXPECT_EQ(-EOPNOTSUPP, set_u32(g, VHOST_NET_ZC_VM_RESET, 0));
+	EXPECT_EQ(-EOPNOTSUPP, zc_set(g, VHOST_NET_ZC_VM_RESET, 0));
 	expect_intact(_metadata, &h);
 	close(uffd);
 	release_and_reap(_metadata, g, &h, 4);
@@ -753,19 +719,6 @@ TEST_F_TIMEOUT(safe, refuse_userfaultfd, 120)
  * child in a cgroup of its own whose memory.max is set to what it uses, right before the
  * reset.
  */
-static int write_file(const char *path, const char *text)
-{
-	FILE *f = fopen(path, "w");
-	int r;
-
-	if (!f)
-		return -errno;
-	r = fputs(text, f) < 0 ? -EIO : 0;
-	if (fclose(f) && !r)
-		r = -errno;
-	return r;
-}
-
 static long read_long(const char *path)
 {
 	FILE *f = fopen(path, "r");
@@ -807,7 +760,7 @@ TEST_F_TIMEOUT(safe, memcg_at_limit, 120)
 	if (access("/sys/fs/cgroup/cgroup.controllers", F_OK) &&
 	    system("mount -t cgroup2 none /sys/fs/cgroup"))
 		SKIP(return, "no cgroup2");
-	ASSERT_EQ(0, write_file("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
+	ASSERT_EQ(0, write_text("/sys/fs/cgroup/cgroup.subtree_control", "+memory"));
 	rmdir(CG);
 	ASSERT_EQ(0, mkdir(CG, 0755));
 	vg_close(&self->e.g);
@@ -843,7 +796,7 @@ TEST_F_TIMEOUT(safe, memcg_at_limit, 120)
 		for (int i = 0; i < 4; i++)
 			if (memcmp(orig[i], at[i] + 14, sizeof(orig[i])))
 				_exit(6);
-		if (get_stats(&g, &st) || st.offlined != 4)
+		if (zc_stats(&g, &st) || st.offlined != 4)
 			_exit(7);
 		if (write(done[1], "d", 1) != 1 || read(go[0], &c, 1) != 1)
 			_exit(8);
@@ -854,21 +807,21 @@ TEST_F_TIMEOUT(safe, memcg_at_limit, 120)
 	close(go[0]);
 	ASSERT_EQ(1, read(done[0], buf, 1));
 	snprintf(buf, sizeof(buf), "%d", pid);
-	ASSERT_EQ(0, write_file(CG "/cgroup.procs", buf));
+	ASSERT_EQ(0, write_text(CG "/cgroup.procs", buf));
 	/*
 	 * Its pages stay charged where it faulted them (a move does not carry charges): the
 	 * limit is what the cgroup holds now, so any page it would need now fails to charge.
 	 */
 	cur = read_long(CG "/memory.current");
 	snprintf(buf, sizeof(buf), "%ld", cur > 0 ? cur : 4096);
-	ASSERT_EQ(0, write_file(CG "/memory.max", buf));
+	ASSERT_EQ(0, write_text(CG "/memory.max", buf));
 	TH_LOG("the VMM's cgroup: memory.max = memory.current = %ld bytes", cur);
 	ASSERT_EQ(1, write(go[1], "g", 1));
 	EXPECT_EQ(1, read(done[0], buf, 1)) TH_LOG("the VMM died in the reset");
 	TH_LOG("memory.events: max %ld, oom_kill %ld", read_key(CG "/memory.events", "max"),
 	       read_key(CG "/memory.events", "oom_kill"));
 	EXPECT_EQ(0, read_key(CG "/memory.events", "oom_kill"));
-	ASSERT_EQ(0, write_file(CG "/memory.max", "max"));
+	ASSERT_EQ(0, write_text(CG "/memory.max", "max"));
 	signal(SIGPIPE, SIG_IGN);
 	write(go[1], "g", 1);
 	ASSERT_EQ(pid, waitpid(pid, &status, 0));
@@ -894,7 +847,7 @@ TEST_F_TIMEOUT(safe, skip_remapped, 120)
 	uint32_t ids[8];
 	int n;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	pages = vg_alloc(g, 4 * PAGE, PAGE);
 	ASSERT_NE(NULL, pages);
 	send_four(_metadata, g, &h, pages);
@@ -903,7 +856,7 @@ TEST_F_TIMEOUT(safe, skip_remapped, 120)
 	memset(pages, 0x3c, 4 * PAGE);
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
 	n = reap_all(g, ids, 4, 1000);
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	TH_LOG("skipped %llu pages, offlined %llu buffers (%llu pages)", s.offline_skipped_pages,
 	       s.offlined, s.offlined_pages);
 	EXPECT_EQ(4, n);
@@ -917,7 +870,7 @@ TEST_F_TIMEOUT(safe, skip_remapped, 120)
 		}
 	}
 	plug(false);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 }
 
 /*
@@ -942,19 +895,19 @@ TEST_F_TIMEOUT(safe, reset_waits_only_live, 120)
 	uint32_t ids[8];
 	long t0, took;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	ASSERT_LE(0, send_frame(g, mac_held, ZC_LEN, 1, NULL));
-	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 1, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 1, 3000));
 	usleep(30 * 1000);
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
 	ASSERT_EQ(1, reap_all(g, ids, 1, 500));
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	ASSERT_EQ(1, (long)s.offlined);	/* A, its skb still held */
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
 	ASSERT_EQ(0, system("tc qdisc add dev vnzcd1 root plug limit 100000000"));
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 5000));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 5000));
 	ASSERT_LE(0, send_frame(g, mac_free, ZC_LEN, 2, NULL));
-	ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 2, 3000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 2, 3000));
 	ASSERT_EQ(0, pthread_create(&th, NULL, release_d1_later, NULL));
 	t0 = now_ms();
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
@@ -965,10 +918,10 @@ TEST_F_TIMEOUT(safe, reset_waits_only_live, 120)
 	EXPECT_LE(250, took);
 	EXPECT_GT(2000, took);
 	ASSERT_EQ(1, reap_all(g, ids, 1, 500));
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(1, (long)s.in_flight);
 	plug(false);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 }
 
 /*
@@ -1006,7 +959,7 @@ TEST_F_TIMEOUT(safe, reset_wait_races_reap, 300)
 	ASSERT_LE(0, r.nl);
 	ASSERT_NE(0, r.ifindex);
 	ASSERT_EQ(0, system("tc qdisc add dev vnzcd1 root plug limit 100000000"));
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, DEADLINE_MS));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, DEADLINE_MS));
 	for (int round = 0; round < RACE_ROUNDS; round++) {
 		uint32_t ids[4];
 		pthread_t th;
@@ -1016,7 +969,7 @@ TEST_F_TIMEOUT(safe, reset_wait_races_reap, 300)
 		ASSERT_EQ(0, plug_nl(r.nl, r.ifindex, TCQ_PLUG_BUFFER));
 		head = send_frame(g, mac_free, ZC_LEN, round, NULL);
 		ASSERT_LE(0, head);
-		ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 1, 3000));
+		ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 1, 3000));
 		r.delay_us = 10000 + rand_r(&seed) % 50000;
 		ASSERT_EQ(0, pthread_create(&th, NULL, release_nl_later, &r));
 		t0 = now_ms();
@@ -1115,7 +1068,7 @@ TEST_F_TIMEOUT(hpool, refuse_pool_exhausted, 120)
 	struct held h;
 	uint8_t *pages;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	/* Touch all of guest memory: both huge pages taken from the pool. */
 	memset(g->mem + g->mem_used, 0, g->mem_size - g->mem_used);
 	pages = vg_alloc(g, 4 * PAGE, PAGE);
@@ -1147,7 +1100,7 @@ TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 	struct held h;
 	uint64_t base;
 
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	bitmap = mmap(NULL, map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, bitmap);
 	base = (uint64_t)(uintptr_t)bitmap;
@@ -1160,9 +1113,9 @@ TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 	memset(untouched, 7, PAGE);
 	send_four(_metadata, g, &h, pages);
 	memset(bitmap, 0, map_len);
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_VM_RESET, 0));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_VM_RESET, 0));
 	ASSERT_EQ(4, reap_all(g, ids, 4, 1000));
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(4, (long)s.offlined);
 	for (int i = 0; i < 4; i++) {
 		EXPECT_TRUE(page_logged(bitmap, vg_gpa(g, h.at[i])))
@@ -1171,7 +1124,7 @@ TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 	}
 	EXPECT_FALSE(page_logged(bitmap, vg_gpa(g, untouched))) TH_LOG("spurious log bit");
 	plug(false);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	munmap(bitmap, map_len);
 }
 
@@ -1299,7 +1252,7 @@ TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
 	ifindex = if_nametoindex("vnzcd0");
 	ASSERT_LE(0, nl);
 	ASSERT_NE(0, ifindex);
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
 	hdrs = vg_alloc(g, PAGE, PAGE);
 	mem = vg_alloc(g, K * PAGE, PAGE);
 	ASSERT_NE(NULL, hdrs);
@@ -1308,7 +1261,7 @@ TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
 		w.page[i] = mem + i * PAGE;
 		memset(w.page[i], 0, PAGE);
 	}
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	offlined0 = s.offlined;
 	pinned0 = s.offline_pinned;
 	ASSERT_EQ(0, pthread_create(&th, NULL, dio_loop, &w));
@@ -1317,14 +1270,14 @@ TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
 		int heads[K], seen = 0, n, m;
 		uint64_t base;
 
-		ASSERT_EQ(0, get_stats(g, &s));
+		ASSERT_EQ(0, zc_stats(g, &s));
 		base = s.sent_zerocopy;
 		for (int i = 0; i < K; i++) {
 			heads[i] = post_at(g, hdrs + i * 64, w.page[i], mac_held, r * K + i);
 			ASSERT_LE(0, heads[i]);
 			memcpy(orig[i], w.page[i], ZC_LEN);
 		}
-		ASSERT_TRUE(WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
+		ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
 		ASSERT_EQ(base + K, s.sent_zerocopy) TH_LOG("round %d: some frames were copied", r);
 		usleep(2000);	/* past the 1 ms deadline */
 		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
@@ -1336,7 +1289,7 @@ TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
 		ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
 		/* The refused ones come back when their skbs are freed. */
 		ASSERT_EQ(0, plug_nl(nl, ifindex, TCQ_PLUG_RELEASE_INDEFINITE));
-		ASSERT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 5000));
+		ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 5000));
 		m = reap_all(g, ids + n, 2 * K - n, K - n ? 2000 : 20);
 		m += reap_all(g, ids + n + m, 2 * K - n - m, 20);
 		ASSERT_EQ(0, plug_nl(nl, ifindex, TCQ_PLUG_BUFFER));
@@ -1353,7 +1306,7 @@ TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
 	close(nl);
 	loop_close(dev, w.fd);
 	unlink("/tmp/vnzc-odirect");
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	TH_LOG("%d rounds: %llu buffers offlined, %llu refused for a pin; %ld heads returned by the reset, %ld at completion; O_DIRECT reader %ld passes, %ld lost reads, %ld errors",
 	       DIO_ROUNDS, s.offlined - offlined0, s.offline_pinned - pinned0, returned,
 	       completed, w.passes, w.lost, w.errors);
@@ -1400,7 +1353,7 @@ TEST_F_TIMEOUT(safe, one_flush_per_reset, 120)
 
 	before = tlb_flushes();
 	ASSERT_LE(0, before) TH_LOG("no nr_tlb_* in /proc/vmstat: CONFIG_DEBUG_TLBFLUSH is off");
-	ASSERT_EQ(0, set_u32(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 1));
 	hdrs = vg_alloc(g, PAGE, PAGE);
 	mem = vg_alloc(g, 2 * N * PAGE, PAGE);
 	ASSERT_NE(NULL, hdrs);
@@ -1408,13 +1361,13 @@ TEST_F_TIMEOUT(safe, one_flush_per_reset, 120)
 	/* Base pages: a huge page's split would add flushes of its own. */
 	madvise(mem, 2 * N * PAGE, MADV_NOHUGEPAGE);
 	memset(mem, 0, 2 * N * PAGE);
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	base = s.sent_zerocopy;
 	offlined0 = s.offlined;
 	pages0 = s.offlined_pages;
 	for (int i = 0; i < N; i++)
 		ASSERT_LE(0, post_at(g, hdrs + i * 64, mem + 2 * i * PAGE, mac_held, i));
-	ASSERT_TRUE(WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + N, 5000));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + N, 5000));
 	ASSERT_EQ(base + N, s.sent_zerocopy);
 	usleep(2000);	/* past the 1 ms deadline */
 	before = tlb_flushes();
@@ -1423,7 +1376,7 @@ TEST_F_TIMEOUT(safe, one_flush_per_reset, 120)
 	t1 = now_us();
 	after = tlb_flushes();
 	n = reap_all(g, ids, 2 * N, 2000);
-	ASSERT_EQ(0, get_stats(g, &s));
+	ASSERT_EQ(0, zc_stats(g, &s));
 	TH_LOG("%llu buffers (%llu pages) offlined by one reset in %ld us: %ld TLB flushes",
 	       s.offlined - offlined0, s.offlined_pages - pages0, t1 - t0, after - before);
 	EXPECT_EQ(N, n);
@@ -1433,7 +1386,7 @@ TEST_F_TIMEOUT(safe, one_flush_per_reset, 120)
 	EXPECT_GT(N / 4, after - before) TH_LOG("about one flush per page");
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
 	plug(false);
-	EXPECT_TRUE(WAIT_FOR(g, s, s.in_flight == 0, 5000));
+	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 5000));
 }
 
 /*
@@ -1458,9 +1411,9 @@ TEST(reclaim_needs_owner)
 			_exit(11);
 		if (vg_open(&g, "/dev/vhost-net-zc", 1 << 16))
 			_exit(12);
-		if (set_u32(&g, VHOST_NET_ZC_SET_RECLAIM, 1) != -EPERM)
+		if (zc_set(&g, VHOST_NET_ZC_SET_RECLAIM, 1) != -EPERM)
 			_exit(13);
-		if (vg_set_owner(&g) || set_u32(&g, VHOST_NET_ZC_SET_RECLAIM, 1))
+		if (vg_set_owner(&g) || zc_set(&g, VHOST_NET_ZC_SET_RECLAIM, 1))
 			_exit(14);
 		_exit(0);
 	}
@@ -1477,9 +1430,9 @@ TEST(stats_v1_command)
 	struct vg_guest g;
 
 	ASSERT_EQ(0, vg_open(&g, "/dev/vhost-net-zc", 1 << 16));
-	ASSERT_EQ(0, set_u32(&g, VHOST_NET_ZC_SET_TIMEOUT, 321));
+	ASSERT_EQ(0, zc_set(&g, VHOST_NET_ZC_SET_TIMEOUT, 321));
 	memset(&s, 0xee, sizeof(s));
-	ASSERT_EQ(0, ioctl(g.fd, GET_STATS_V1, &s));
+	ASSERT_EQ(0, ioctl(g.fd, ZC_GET_STATS_V1, &s));
 	EXPECT_EQ(321U, s.timeout_ms);
 	EXPECT_EQ(0xeeeeeeeeeeeeeeeeULL, s.offline_pinned);
 	EXPECT_EQ(0xeeeeeeeeeeeeeeeeULL, s.offline_skipped_pages);

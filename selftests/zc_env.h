@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -271,6 +272,55 @@ static inline void expect_frame(struct __test_metadata *_metadata, int fd, const
 	ASSERT_EQ((ssize_t)len, recv_ours(fd, got, sizeof(got)));
 	EXPECT_EQ(0, memcmp(got, frame, len));
 }
+
+/* Writes @text to the file @path (a sysfs or debugfs knob): 0 or -errno. */
+static inline int write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), r;
+
+	if (fd < 0)
+		return -errno;
+	r = write(fd, text, strlen(text)) == (ssize_t)strlen(text) ? 0 : -errno;
+	close(fd);
+	return r;
+}
+
+#ifdef VHOST_NET_ZC_GET_STATS
+/* The counters up to reclaim: the first version of the struct (older modules). */
+#define ZC_GET_STATS_V1 _IOC(_IOC_READ, VHOST_NET_ZC_IOC_TYPE, 0x04, \
+			     offsetof(struct vhost_net_zc_stats, offline_pinned))
+
+/* The device's counters (of an older module, what it has): 0 or -errno. */
+static inline int zc_stats(const struct vg_guest *g, struct vhost_net_zc_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	if (ioctl(g->fd, VHOST_NET_ZC_GET_STATS, s) == 0)
+		return 0;
+	if (errno == ENOTTY && ioctl(g->fd, ZC_GET_STATS_V1, s) == 0)
+		return 0;
+	return -errno;
+}
+
+/* One of the device's u32 settings (VHOST_NET_ZC_SET_*): 0 or -errno. */
+static inline int zc_set(const struct vg_guest *g, unsigned long cmd, uint32_t v)
+{
+	return ioctl(g->fd, cmd, &v) ? -errno : 0;
+}
+
+/* Waits up to @ms until @cond holds of the counters @s of @g; whether it did. */
+#define ZC_WAIT_FOR(g, s, cond, ms) ({						\
+	bool __ok = false;							\
+	for (long __end = now_ms() + (ms); ; usleep(1000)) {			\
+		if (zc_stats(g, &(s)) == 0 && (cond)) {				\
+			__ok = true;						\
+			break;							\
+		}								\
+		if (now_ms() > __end)						\
+			break;							\
+	}									\
+	__ok;									\
+})
+#endif
 
 #ifdef VHOST_NET_ZC_SET_TIMEOUT
 /*
