@@ -33,7 +33,7 @@ PLAN_CASES=(module_load modinfo bad_params kunit dkms_package unload reload_cycl
 	    dmesg_clean)
 [ "${VNZC_INJECT_FAILURE:-0}" = 1 ] && PLAN_CASES+=(injected_failure)
 PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_datapath vnzc_rings vnzc_zerocopy vnzc_offline
-		vnzc_offline_safety)
+		vnzc_offline_safety vnzc_faults)
 VNT_FLAGS=("" "--no-event-idx" "--no-indirect" "--delayed-interrupt"
 	   "--no-event-idx --no-indirect --delayed-interrupt")
 planned=$(( ${#PLAN_CASES[@]} + 2 * ${#VNT_FLAGS[@]} ))
@@ -145,48 +145,11 @@ t_dkms() {
 }
 
 t_kmemleak() {
-	local f=/sys/kernel/debug/kmemleak
-	# The test kernel has kmemleak: its absence, or a scan that fails, fails the case.
-	[ -w $f ] || { echo "kmemleak not available"; return 1; }
-	if dmesg | grep -q 'kmemleak: .*disabled'; then
-		echo "kmemleak disabled itself:"
-		dmesg | grep 'kmemleak:' | tail -n 5
-		return 1
-	fi
-	# Objects must stay unreferenced for two scans (and their minimum age) to be reported.
-	echo scan >$f || { echo "kmemleak scan failed"; return 1; }
-	sleep 6
-	echo scan >$f || { echo "kmemleak scan failed"; return 1; }
-	# One leak is stock vhost-net's own, not this module's: its release clears the TX
-	# queue's ubufs pointer without freeing it when a zero-copy backend is still attached
-	# (vhost_net_vq_reset(), drivers/vhost/net.c in 7.3), which the diagnostic run of
-	# vhost_net_test on stock with experimental_zcopytx=1 above does. Such objects
-	# (allocated in vhost_net_ioctl() of [vhost_net]) are listed, not counted.
-	awk '/^unreferenced object/ { n++ } { obj[n] = obj[n] $0 "\n" }
-	     END { for (i = 1; i <= n; i++) {
-		     stock = obj[i] ~ /vhost_net_ioctl\+[^ ]* \[vhost_net\]/
-		     printf "%s%s", (stock ? "stock vhost_net, not counted: " : "LEAK: "), obj[i] } }' \
-		$f >/tmp/kmemleak.txt
-	head -n 80 /tmp/kmemleak.txt
-	if grep -q '^LEAK: ' /tmp/kmemleak.txt; then
-		return 1
-	fi
-	echo "no leaks of this module"
+	kmemleak_check
 }
 
 t_dmesg() {
-	local pat=$SPLAT
-	# The log must still hold the whole run (CONFIG_LOG_BUF_SHIFT), its first line the
-	# boot's, or a splat could have been overwritten.
-	if ! dmesg | head -n 1 | grep -q 'Linux version'; then
-		echo "the kernel log wrapped: its first line is not the boot's: $(dmesg | head -n 1)"
-		return 1
-	fi
-	if dmesg | grep -E "$pat"; then
-		dmesg | grep -E -B5 -A30 "$pat" | head -n 120
-		return 1
-	fi
-	echo "kernel log clean"
+	dmesg_check
 }
 
 run_case module_load t_module_load
@@ -257,6 +220,8 @@ rmmod vhost_net && kmod_load vhost_net experimental_zcopytx=1 ||
 	ktap "# could not reload vhost_net with experimental_zcopytx=1"
 VNZC_HARNESS_TIMEOUT=900 run_harness "$TESTS/vnzc_offline"
 VNZC_HARNESS_TIMEOUT=2400 run_harness "$TESTS/vnzc_offline_safety"
+# Every allocation of a VMM's life with the device failed in turn (fail-nth).
+VNZC_HARNESS_TIMEOUT=1800 run_harness "$TESTS/vnzc_faults"
 
 # QEMU with a Linux guest over both devices (vnzc_qemu.py), on the stall fixture with the
 # bridge as the guest's host end. The guest kernel is the benchmark variant of the test
