@@ -19,6 +19,12 @@ shift
 VNZC_VM_MEMORY=${VNZC_VM_MEMORY:-3G}
 VNZC_VM_CPUS=${VNZC_VM_CPUS:-2}
 
+# One virtual machine at a time: a second would halve the first's two CPUs and break its
+# timing bounds. The lock is held by vng (fd 9) until the VM exits.
+mkdir -p "$VNZC_CACHE"
+exec 9>"$VNZC_CACHE/vm.lock"
+flock 9
+
 accel=()
 case "${VNZC_KVM:-auto}" in
 1) ;;
@@ -45,5 +51,12 @@ case "${VNZC_KVM:-auto}" in
 	;;
 esac
 
-exec vng --run "$kdir" --memory "$VNZC_VM_MEMORY" --cpus "$VNZC_VM_CPUS" \
+# 4-level paging (no5lvl): with 5-level paging (TCG's -cpu max has LA57) and inline
+# KASAN, Linux 7.3 may report a false "KASAN: wild-memory-access in do_raw_spin_lock" in
+# early boot. identify_cpu() clears and re-reads the boot CPU's feature bits; an interrupt
+# in that window computes KASAN's shadow bounds for 4-level paging, and a 5-level direct-map
+# address looks wild (the upstream report and fix: "kasan: Fix false-positive
+# wild-memory-access on x86 under 5-level paging", June 2026). Without LA57 the two views
+# agree. Nothing here depends on 5-level paging.
+exec vng --run "$kdir" --memory "$VNZC_VM_MEMORY" --cpus "$VNZC_VM_CPUS" --append no5lvl \
 	--rwdir "$VNZC_ROOT" --rwdir "$VNZC_CACHE" "${accel[@]}" "$@" --exec "$cmd" </dev/null
