@@ -33,7 +33,7 @@ PLAN_CASES=(module_load modinfo bad_params kunit dkms_package unload reload_cycl
 	    dmesg_clean)
 [ "${VNZC_INJECT_FAILURE:-0}" = 1 ] && PLAN_CASES+=(injected_failure)
 PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_datapath vnzc_rings vnzc_zerocopy vnzc_offline
-		vnzc_offline_safety vnzc_faults)
+		vnzc_offline_safety vnzc_faults vnzc_scale)
 VNT_FLAGS=("" "--no-event-idx" "--no-indirect" "--delayed-interrupt"
 	   "--no-event-idx --no-indirect --delayed-interrupt")
 planned=$(( ${#PLAN_CASES[@]} + 2 * ${#VNT_FLAGS[@]} ))
@@ -222,6 +222,8 @@ VNZC_HARNESS_TIMEOUT=900 run_harness "$TESTS/vnzc_offline"
 VNZC_HARNESS_TIMEOUT=2400 run_harness "$TESTS/vnzc_offline_safety"
 # Every allocation of a VMM's life with the device failed in turn (fail-nth).
 VNZC_HARNESS_TIMEOUT=1800 run_harness "$TESTS/vnzc_faults"
+# 1,024 devices, the in-flight cap, 1,000 module load/unload cycles.
+VNZC_KO=$VNZC_KO VNZC_HARNESS_TIMEOUT=2700 run_harness "$TESTS/vnzc_scale"
 
 # QEMU with a Linux guest over both devices (vnzc_qemu.py), on the stall fixture with the
 # bridge as the guest's host end. The guest kernel is the benchmark variant of the test
