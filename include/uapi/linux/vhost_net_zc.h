@@ -15,7 +15,7 @@
  * the TX queue, VHOST_RESET_OWNER, close), buffers not yet expired are waited for until
  * their deadline, and expired ones are "offlined": the guest pages that hold them are
  * detached from the VMM's address space (the skb keeps the old pages) and their heads are
- * written to the used ring. See Documentation/vhost-net-zc.rst.
+ * written to the used ring. See Documentation/admin-guide.rst of the vhost-net-zc project.
  */
 #ifndef _UAPI_LINUX_VHOST_NET_ZC_H
 #define _UAPI_LINUX_VHOST_NET_ZC_H
