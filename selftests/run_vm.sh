@@ -33,7 +33,7 @@ PLAN_CASES=(module_load modinfo bad_params kunit dkms_package unload reload_cycl
 	    dmesg_clean)
 [ "${VNZC_INJECT_FAILURE:-0}" = 1 ] && PLAN_CASES+=(injected_failure)
 PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_datapath vnzc_rings vnzc_zerocopy vnzc_offline
-		vnzc_offline_safety vnzc_faults vnzc_scale)
+		vnzc_offline_safety vnzc_faults vnzc_scale vnzc_fuzz)
 VNT_FLAGS=("" "--no-event-idx" "--no-indirect" "--delayed-interrupt"
 	   "--no-event-idx --no-indirect --delayed-interrupt")
 planned=$(( ${#PLAN_CASES[@]} + 2 * ${#VNT_FLAGS[@]} ))
@@ -224,6 +224,9 @@ VNZC_HARNESS_TIMEOUT=2400 run_harness "$TESTS/vnzc_offline_safety"
 VNZC_HARNESS_TIMEOUT=1800 run_harness "$TESTS/vnzc_faults"
 # 1,024 devices, the in-flight cap, 1,000 module load/unload cycles.
 VNZC_KO=$VNZC_KO VNZC_HARNESS_TIMEOUT=2700 run_harness "$TESTS/vnzc_scale"
+# The seeded fuzzer, its fixed seed and 30,000 operations a case (make fuzz runs longer);
+# its differential case compares with stock vhost_net, loaded here with zero copy on.
+VNZC_HARNESS_TIMEOUT=1200 run_harness "$TESTS/vnzc_fuzz"
 
 # QEMU with a Linux guest over both devices (vnzc_qemu.py), on the stall fixture with the
 # bridge as the guest's host end. The guest kernel is the benchmark variant of the test

@@ -69,44 +69,6 @@ static int post_at(struct vg_guest *g, uint8_t *hdr, uint8_t *frame, const uint8
 	return vg_post(g, VG_TX, bufs, lens, 2, false);
 }
 
-/* The plug qdisc on vnzcd0, through rtnetlink: cheap enough to toggle in a loop. */
-static int plug_nl(int nl, int ifindex, int action)
-{
-	struct {
-		struct nlmsghdr n;
-		struct tcmsg t;
-		char attrs[64];
-	} req = {
-		.n.nlmsg_len = NLMSG_LENGTH(sizeof(struct tcmsg)),
-		.n.nlmsg_type = RTM_NEWQDISC,
-		.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK,
-		.t.tcm_family = AF_UNSPEC,
-		.t.tcm_ifindex = ifindex,
-		.t.tcm_parent = TC_H_ROOT,
-	};
-	struct tc_plug_qopt opt = { .action = action };
-	struct rtattr *rta;
-	char ack[256];
-
-	rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.n.nlmsg_len));
-	rta->rta_type = TCA_KIND;
-	rta->rta_len = RTA_LENGTH(5);
-	memcpy(RTA_DATA(rta), "plug", 5);
-	req.n.nlmsg_len = NLMSG_ALIGN(req.n.nlmsg_len) + RTA_ALIGN(rta->rta_len);
-	rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.n.nlmsg_len));
-	rta->rta_type = TCA_OPTIONS;
-	rta->rta_len = RTA_LENGTH(sizeof(opt));
-	memcpy(RTA_DATA(rta), &opt, sizeof(opt));
-	req.n.nlmsg_len = NLMSG_ALIGN(req.n.nlmsg_len) + RTA_ALIGN(rta->rta_len);
-	if (send(nl, &req, req.n.nlmsg_len, 0) < 0)
-		return -errno;
-	if (recv(nl, ack, sizeof(ack), 0) < 0)
-		return -errno;
-	if (((struct nlmsghdr *)ack)->nlmsg_type == NLMSG_ERROR)
-		return ((struct nlmsgerr *)NLMSG_DATA((struct nlmsghdr *)ack))->error;
-	return 0;
-}
-
 static int netlink_open(void)
 {
 	struct sockaddr_nl sa = { .nl_family = AF_NETLINK };

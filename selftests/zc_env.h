@@ -23,6 +23,9 @@
 #include <net/if.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
+#include <linux/netlink.h>
+#include <linux/pkt_sched.h>
+#include <linux/rtnetlink.h>
 
 #include "kselftest_harness.h"
 #include "vhost_guest.h"
@@ -119,6 +122,48 @@ static inline void plug(bool on)
 	if (system(on ? "tc qdisc change dev vnzcd0 root plug block" :
 			"tc qdisc change dev vnzcd0 root plug release_indefinite"))
 		fprintf(stderr, "# tc plug %s failed\n", on ? "block" : "release");
+}
+
+/*
+ * Sets the plug qdisc of interface @ifindex to @action (TCQ_PLUG_*) over the rtnetlink
+ * socket @nl: cheap enough to toggle in a loop, where tc costs a second a call under TCG.
+ * Returns 0 or -errno.
+ */
+static inline int plug_nl(int nl, int ifindex, int action)
+{
+	struct {
+		struct nlmsghdr n;
+		struct tcmsg t;
+		char attrs[64];
+	} req = {
+		.n.nlmsg_len = NLMSG_LENGTH(sizeof(struct tcmsg)),
+		.n.nlmsg_type = RTM_NEWQDISC,
+		.n.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK,
+		.t.tcm_family = AF_UNSPEC,
+		.t.tcm_ifindex = ifindex,
+		.t.tcm_parent = TC_H_ROOT,
+	};
+	struct tc_plug_qopt opt = { .action = action };
+	struct rtattr *rta;
+	char ack[256];
+
+	rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.n.nlmsg_len));
+	rta->rta_type = TCA_KIND;
+	rta->rta_len = RTA_LENGTH(5);
+	memcpy(RTA_DATA(rta), "plug", 5);
+	req.n.nlmsg_len = NLMSG_ALIGN(req.n.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+	rta = (struct rtattr *)((char *)&req + NLMSG_ALIGN(req.n.nlmsg_len));
+	rta->rta_type = TCA_OPTIONS;
+	rta->rta_len = RTA_LENGTH(sizeof(opt));
+	memcpy(RTA_DATA(rta), &opt, sizeof(opt));
+	req.n.nlmsg_len = NLMSG_ALIGN(req.n.nlmsg_len) + RTA_ALIGN(rta->rta_len);
+	if (send(nl, &req, req.n.nlmsg_len, 0) < 0)
+		return -errno;
+	if (recv(nl, ack, sizeof(ack), 0) < 0)
+		return -errno;
+	if (((struct nlmsghdr *)ack)->nlmsg_type == NLMSG_ERROR)
+		return ((struct nlmsgerr *)NLMSG_DATA((struct nlmsghdr *)ack))->error;
+	return 0;
 }
 
 /* Builds the fixture and opens @dev on it, TX backend the tap; @dev NULL: /dev/vhost-net-zc. */
