@@ -6,6 +6,9 @@
 #   make run     set up the host, build the kernel (cached) and module, boot, demonstrate
 #   make check   the same set-up, then lints and the full selftest suite in the VM
 #   make bench   the benchmarks in the VM of the benchmark kernel, with a report
+#   make fuzz    the fuzzer for FUZZ_SECONDS a case (default 600), in the test VM
+#   make soak    SOAK_ROUNDS reset/completion/expiry interleavings (default 10^6) and the
+#                scale tests, in the test VM
 #   make dkms-deb  the Debian package vhost-net-zc-dkms, into dist/
 #   make module  build the module against the cached kernel (CLIPPY=1 for clippy)
 #   make clean   remove module build products (the kernel cache stays)
@@ -13,7 +16,7 @@
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 SHELL := /bin/bash
 
-.PHONY: all run check bench dkms-deb dkms-prebuild setup kernel guest-kernel module lint selftests clean
+.PHONY: all run check bench fuzz soak dkms-deb dkms-prebuild setup kernel guest-kernel module lint selftests clean
 
 all: module
 
@@ -51,6 +54,14 @@ dkms-prebuild: kernel dkms-deb
 
 bench: guest-kernel selftests
 	@bash $(ROOT)/scripts/bench.sh
+
+FUZZ_SECONDS ?= 600
+fuzz: module selftests
+	@bash $(ROOT)/scripts/soak.sh fuzz $(FUZZ_SECONDS)
+
+SOAK_ROUNDS ?= 1000000
+soak: module selftests
+	@bash $(ROOT)/scripts/soak.sh soak $(SOAK_ROUNDS)
 
 clean:
 	@bash -c '. $(ROOT)/scripts/lib.sh; kdir=$$(vnzc_kdir); \
