@@ -321,7 +321,10 @@ class Vmm:
         """Waits for the count-th console line starting with prefix; returns it."""
         end = now() + timeout
         while True:
-            lines = [l for l in self.console().splitlines() if l.startswith(prefix)]
+            # Whole lines only: a read may end in the middle of the line being written.
+            text = self.console()
+            text = text[: text.rfind("\n") + 1]
+            lines = [l for l in text.splitlines() if l.startswith(prefix)]
             if len(lines) >= count:
                 return lines[count - 1]
             if self.proc.poll() is not None:
