@@ -14,7 +14,7 @@ kdir=$(vnzc_kdir)
 guest=$(VNZC_KVARIANT=bench vnzc_kdir)/arch/x86/boot/bzImage
 [ -f "$guest" ] || vnzc_log "no guest kernel at $guest: the QEMU test will be skipped"
 # Whole-suite bound: a hang in the kernel under test must fail the run, not stall it.
-limit=${VNZC_CHECK_TIMEOUT:-4200}
+limit=${VNZC_CHECK_TIMEOUT:-4800}
 
 # run_suite DIR: boot and run the suite once, results in DIR; sets vm_rc.
 run_suite() {

@@ -11,7 +11,7 @@
  * - cap_reached: a ring of 1,024 entries, so the pool's in-flight cap (128, stock's
  *   VHOST_MAX_PEND), not a quarter of the ring, limits: the buffers past the cap are sent
  *   by copy and returned at once; a reset then offlines a full pool.
- * - load_unload_cycles: 200 loads and unloads (VNZC_CYCLES; make soak does 1,000); every
+ * - load_unload_cycles: 100 loads and unloads (VNZC_CYCLES; make soak does 1,000); every
  *   tenth with a device closed while its skbs are still in the plugged qdisc: the module
  *   must refuse to go (EWOULDBLOCK) until the stack has released them, then go.
  *
@@ -282,8 +282,8 @@ static int ko_load_path(const char *ko)
 
 TEST_F_TIMEOUT(scale, load_unload_cycles, 1800)
 {
-	/* make soak: 1,000 (about 0.5 s each under TCG); the suite: 200. */
-	const int CYCLES = getenv("VNZC_CYCLES") ? atoi(getenv("VNZC_CYCLES")) : 200;
+	/* make soak: 1,000 (about 0.5 s each under TCG); the suite: 100. */
+	const int CYCLES = getenv("VNZC_CYCLES") ? atoi(getenv("VNZC_CYCLES")) : 100;
 	enum { HELD_EVERY = 10 };
 	const char *ko = getenv("VNZC_KO");
 	long t0, busy = 0, longest_drain = 0;
