@@ -30,7 +30,17 @@ rc=0
 start=$(date +%s)
 case $mode in
 fuzz)
-	VNZC_FUZZ_SECONDS=$amount "$TESTS/vnzc_fuzz" || rc=1
+	VNZC_FUZZ_SECONDS=$amount "$TESTS/vnzc_fuzz" 2>&1 | tee /tmp/vnzc_fuzz.out
+	[ "${PIPESTATUS[0]}" -eq 0 ] || rc=1
+	# Each case prints "N operations in E episodes, S s, R ops/s": the total of them.
+	awk '/ operations in [0-9]+ episodes, / {
+		for (i = 1; i < NF; i++) {
+			if ($(i + 1) == "operations") ops += $i
+			if ($(i + 1) == "s,") secs += $i
+		}
+	     }
+	     END { printf "# fuzz total: %d operations in %.1f s, %.0f ops/s\n", ops, secs,
+		   secs ? ops / secs : 0 }' /tmp/vnzc_fuzz.out
 	;;
 soak)
 	runs=$(( (amount + 9999) / 10000 ))
