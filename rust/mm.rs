@@ -180,10 +180,10 @@ impl MmapWriteGuard<'_> {
     /// The errno of `get_user_pages_remote()`: `EFAULT` if `addr` cannot be mapped so.
     pub(crate) fn page(&self, addr: usize, write: bool) -> Result<UserPage> {
         let mut err = 0;
+        let mm = self.mm.as_raw();
         // SAFETY: The mm is alive and its mmap lock is held, which the call requires without
         // a `locked` argument; it does not drop the lock then.
-        let page =
-            unsafe { bindings::vnzc_get_user_page_locked(self.mm.as_raw(), addr, write, &mut err) };
+        let page = unsafe { bindings::vnzc_get_user_page_locked(mm, addr, write, &mut err) };
         // INVARIANT: a non-null page comes with a reference, which `UserPage` owns.
         NonNull::new(page)
             .map(UserPage)

@@ -303,9 +303,9 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
                 unsafe { (*vq).handle_kick = Some(kick_trampoline::<D, N>) };
                 *ptr = vq;
             }
+            // INVARIANT: `vq_ptrs[i]` points at `vqs[i]`, whose kick handler is the trampoline.
             // SAFETY: `dev` and the `N` virtqueues `ptrs` points at are zeroed, pinned (the
             // slot is) and outlive the device: `Drop` cleans the device up first.
-            // INVARIANT: `vq_ptrs[i]` points at `vqs[i]`, whose kick handler is the trampoline.
             unsafe {
                 bindings::vhost_dev_init(
                     (*slot).dev.get(),
