@@ -352,10 +352,13 @@ static inline int zc_set(const struct vg_guest *g, unsigned long cmd, uint32_t v
 	return ioctl(g->fd, cmd, &v) ? -errno : 0;
 }
 
-/* Waits up to @ms until @cond holds of the counters @s of @g; whether it did. */
+/*
+ * Waits up to @ms until @cond holds of the counters @s of @g; whether it did. Polls every
+ * 200 us (about 650 us in the emulated test VM, where a sleep costs some 450 us more).
+ */
 #define ZC_WAIT_FOR(g, s, cond, ms) ({						\
 	bool __ok = false;							\
-	for (long __end = now_ms() + (ms); ; usleep(1000)) {			\
+	for (long __end = now_ms() + (ms); ; usleep(200)) {			\
 		if (zc_stats(g, &(s)) == 0 && (cond)) {				\
 			__ok = true;						\
 			break;							\
