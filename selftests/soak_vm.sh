@@ -4,8 +4,9 @@
 # The long runs of make fuzz and make soak, inside the test VM as root:
 #   soak_vm.sh fuzz SECONDS KDIR   the fuzzer (vnzc_fuzz) for SECONDS per case
 #   soak_vm.sh soak ROUNDS KDIR    ROUNDS reset/completion/expiry interleavings
-#                             (completion_races_offline, 10,000 a run), then vnzc_scale
-#                             with 1,000 module load/unload cycles
+#                             (completion_races_offline, 10,000 a run, VNZC_SOAK_JOBS
+#                             runs at once), then vnzc_scale with VNZC_CYCLES (1,000)
+#                             module load/unload cycles
 # Ends, as the suite does, with the kernel log and kmemleak checks; prints one line
 # "SOAK PASSED" or "SOAK FAILED" and exits with the verdict.
 set -u
@@ -43,11 +44,44 @@ fuzz)
 		   secs ? ops / secs : 0 }' /tmp/vnzc_fuzz.out
 	;;
 soak)
+	# VNZC_SOAK_JOBS (2) processes at once, each in a network namespace of its own (the
+	# fixture's interface names are fixed), each with a device of its own: runs of
+	# 10,000 rounds until the total is reached.
+	jobs=${VNZC_SOAK_JOBS:-2}
 	runs=$(( (amount + 9999) / 10000 ))
-	for i in $(seq 1 "$runs"); do
-		echo "# interleavings: run $i of $runs (10,000 rounds each)"
-		"$TESTS/vnzc_offline_safety" -t completion_races_offline || { rc=1; break; }
+	out=$(mktemp -d)
+	for j in $(seq 1 "$jobs"); do
+		(
+			for i in $(seq "$j" "$jobs" "$runs"); do
+				echo "# interleavings: job $j, run $i of $runs (10,000 rounds each)"
+				unshare -nm --propagation private sh -c \
+					'mount -t sysfs sysfs /sys && exec "$@"' soak \
+					"$TESTS/vnzc_offline_safety" -t completion_races_offline ||
+					{ echo "# job $j: run $i FAILED"; exit 1; }
+			done
+		) >"$out/job$j" 2>&1 &
 	done
+	for j in $(seq 1 "$jobs"); do
+		wait -n || rc=1
+	done
+	cat "$out"/job*
+	# Each run prints "N rounds, F frames: Z zero-copy, O offlined, C completed; ...".
+	awk '/ rounds, [0-9]+ frames: / {
+		for (i = 2; i <= NF; i++) {
+			if ($i == "rounds,") {
+				n = $(i - 1)
+				sub(/.*:/, "", n)	# "completion_races_offline:N"
+				rounds += n
+			}
+			if ($i == "frames:") frames += $(i - 1)
+			if ($i == "offlined,") off += $(i - 1)
+			if ($i == "completed;") done += $(i - 1)
+		}
+	     }
+	     END { printf "# interleavings total: %d rounds (resets) in %d s (%.0f/s), %d buffers each raced against its expiry and the reset: %d offlined, %d completed in all\n",
+		   rounds, secs, secs ? rounds / secs : 0, frames, off, done }' \
+		secs=$(( $(date +%s) - start )) "$out"/job*
+	rm -rf "$out"
 	VNZC_KO=$VNZC_KO VNZC_CYCLES=${VNZC_CYCLES:-1000} "$TESTS/vnzc_scale" || rc=1
 	;;
 *)
