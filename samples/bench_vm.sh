@@ -28,6 +28,7 @@ ROUNDS=${VNZC_BENCH_ROUNDS:-20}
 VARIANTS="stock-copy stock-zc zc-copy zc-zc"
 : >"$KTAP"
 echo "# SPDX-License-Identifier: GPL-2.0" >"$RAW"
+# shellcheck source=selftests/lib_vm.sh
 . "$ROOT/selftests/lib_vm.sh"
 
 note() { echo "$*" | tee -a "$RAW"; }
@@ -94,7 +95,7 @@ ip link del vnzbtap
 # The timer machinery and memory per buffer, from vhost-net-zc's debugfs.
 load_variant zc-zc >/dev/null
 for rep in $(seq "$REPS"); do
-	cat /sys/kernel/debug/vhost-net-zc/timer_cost | tr '\n' ' ' | sed "s/^/TIMER rep=$rep /" >>"$RAW"
+	tr '\n' ' ' </sys/kernel/debug/vhost-net-zc/timer_cost | sed "s/^/TIMER rep=$rep /" >>"$RAW"
 	echo >>"$RAW"
 done
 

@@ -14,6 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 KTAP=$RESULTS/demo.log
 VNZC_KO=$ROOT/vhost_net_zc.ko
 : >"$KTAP"
+# shellcheck source=selftests/lib_vm.sh
 . "$ROOT/selftests/lib_vm.sh"
 
 step() { printf '\n== %s\n' "$*"; }
@@ -62,7 +63,7 @@ printf '%s\n' "$zc" | grep -v ^RESULT
 stall_release
 rmmod vhost_net && kmod_load vhost_net
 
-read -r _ _ stock_ms stock_heads _ <<<"$(printf '%s\n' "$stock" | grep ^RESULT)"
+read -r _ _ stock_ms _ _ <<<"$(printf '%s\n' "$stock" | grep ^RESULT)"
 read -r _ _ zc_ms zc_heads zc_intact <<<"$(printf '%s\n' "$zc" | grep ^RESULT)"
 step "report"
 printf '  stock vhost-net (zero copy): reset blocked %s ms, until the qdisc was released\n' "$stock_ms"

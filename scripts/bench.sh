@@ -8,6 +8,7 @@
 # the report (Markdown and an SVG chart) is written there and to bench/results/.
 set -euo pipefail
 VNZC_TAG=bench
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 export VNZC_KVARIANT=bench

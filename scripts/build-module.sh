@@ -5,6 +5,7 @@
 # (e.g. CLIPPY=1 W=e).
 set -euo pipefail
 VNZC_TAG=module
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)

@@ -5,6 +5,7 @@
 # cache) and its kselftest harness.
 set -euo pipefail
 VNZC_TAG=selftests
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)

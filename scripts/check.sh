@@ -7,6 +7,7 @@
 # "N passed, N failed, N skipped"; the exit status is the verdict.
 set -euo pipefail
 VNZC_TAG=check
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)

@@ -62,7 +62,10 @@ if [ "$(conf CONFIG_CC_IS_CLANG)" = y ]; then
 	command -v clang >/dev/null && command -v ld.lld >/dev/null ||
 		die "the kernel was built with clang $(conf CONFIG_CLANG_VERSION); install clang and lld of that version"
 	llvm=(LLVM=1)
-	[ -n "${LIBCLANG_PATH:-}" ] || export LIBCLANG_PATH=$(dirname "$(dirname "$(command -v clang)")")/lib
+	if [ -z "${LIBCLANG_PATH:-}" ]; then
+		LIBCLANG_PATH=$(dirname "$(dirname "$(command -v clang)")")/lib
+		export LIBCLANG_PATH
+	fi
 fi
 vhost_dir=$kdir/drivers/vhost
 [ -f "$vhost_dir/vhost.h" ] || vhost_dir=$kdir/source/drivers/vhost

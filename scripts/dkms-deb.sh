@@ -5,6 +5,7 @@
 # tracks, into dist/.
 set -euo pipefail
 VNZC_TAG=dkms-deb
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 for t in dpkg-buildpackage dh dh_dkms; do

@@ -9,6 +9,7 @@
 # of its own here; nothing is installed on the host.
 set -euo pipefail
 VNZC_TAG=dkms
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)

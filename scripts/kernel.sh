@@ -7,6 +7,7 @@
 # (.config.bench over the fragment, no debug options), in <package version>-bench-<hash>.
 set -euo pipefail
 VNZC_TAG=kernel
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 key=$(vnzc_kernel_key)

@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=bash
 #
 # Shared settings for the vhost-net-zc scripts: toolchain paths, cache location, and the
 # test kernel's identity. Sourced, never run.

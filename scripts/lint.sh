@@ -2,9 +2,12 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # The lint gate of `make check`: rustfmt with the kernel's configuration over the crate
-# (`make rustfmtcheck` skips M= modules), then the module built with clippy and W=e.
+# (`make rustfmtcheck` skips M= modules), the module built with clippy and W=e, checkpatch
+# over the C files, Sphinx over the documentation, the libvirt sample against libvirt's
+# schema and shellcheck over the shell scripts.
 set -euo pipefail
 VNZC_TAG=lint
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)
@@ -45,3 +48,19 @@ if ! "$VNZC_CACHE/sphinx/bin/python" "$VNZC_ROOT/scripts/validate-libvirt.py" \
 	vnzc_die "samples/libvirt-interface.xml does not validate against libvirt's schema"
 fi
 vnzc_log "libvirt sample: valid"
+# Every shell script (by name or by its #! line), with the project's .shellcheckrc.
+shfiles=()
+while IFS= read -r -d '' f; do
+	first=
+	case $f in
+	*.sh) ;;
+	*) IFS= read -r first <"$VNZC_ROOT/$f" || true
+	   case $first in '#!'*sh | '#!'*sh\ *) ;; *) continue ;; esac ;;
+	esac
+	shfiles+=("$f")
+done < <(git -C "$VNZC_ROOT" ls-files -z)
+command -v shellcheck >/dev/null || vnzc_die "shellcheck is not installed: run scripts/setup-host.sh"
+if ! (cd "$VNZC_ROOT" && shellcheck -x "${shfiles[@]}"); then
+	vnzc_die "shellcheck: findings in the shell scripts"
+fi
+vnzc_log "shellcheck: ${#shfiles[@]} scripts clean"

@@ -4,6 +4,7 @@
 # `make run`: boot the test kernel and run the demonstration (samples/demo_vm.sh).
 set -euo pipefail
 VNZC_TAG=run
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)

@@ -9,6 +9,7 @@
 # The output is kept in .results/MODE-DATE/log; the exit status is the verdict.
 set -euo pipefail
 VNZC_TAG=soak
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 mode=$1

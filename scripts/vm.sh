@@ -9,6 +9,7 @@
 # Override with VNZC_KVM=1 (force KVM) or VNZC_KVM=0 (force TCG).
 set -euo pipefail
 VNZC_TAG=vm
+# shellcheck source=scripts/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 kdir=$1

@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
+# shellcheck shell=bash
 #
 # Helpers for scripts that run inside the test VM: KTAP output and kernel module loading.
 # Sourced by run_vm.sh and the demo; expects KDIR (the test kernel tree) and KTAP (the
@@ -148,6 +149,7 @@ kmod_load() {
 }
 
 # kmod_load_zc [PARAMS...]: load vhost_net_zc.ko from the project after its dependencies.
+# shellcheck disable=SC2120 # the parameters are optional
 kmod_load_zc() {
 	local dep
 	for dep in $(modinfo -F depends "$VNZC_KO" | tr ',' ' '); do

@@ -14,6 +14,7 @@ TESTS=$ROOT/selftests
 KTAP=$RESULTS/ktap
 VNZC_KO=$ROOT/vhost_net_zc.ko
 : >"$KTAP"
+# shellcheck source=selftests/lib_vm.sh
 . "$TESTS/lib_vm.sh"
 
 # A splat while the kernel booted, before any test ran, is not the module's doing, but it
@@ -129,8 +130,7 @@ t_unload() {
 
 # Load and unload repeatedly, with a device open in between each time.
 t_reload_cycles() {
-	local i
-	for i in 1 2 3 4 5; do
+	for _ in 1 2 3 4 5; do
 		kmod_load_zc || return 1
 		exec 7<>/dev/vhost-net-zc || return 1
 		rmmod vhost_net_zc 2>/dev/null && { echo "rmmod succeeded with a file open"; return 1; }

@@ -16,6 +16,7 @@ VNZC_KO=$ROOT/vhost_net_zc.ko
 mode=$1
 amount=$2
 KDIR=$3		# the test kernel tree, whose modules lib_vm.sh loads
+# shellcheck source=selftests/lib_vm.sh
 . "$TESTS/lib_vm.sh"
 
 mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug

@@ -8,6 +8,7 @@
 # loaded from there again. Exit status 0: pass, 1: fail.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=selftests/lib_vm.sh
 . "$ROOT/selftests/lib_vm.sh"
 : "${VNZC_KO:?the module to reload after the test}"
 # Whatever happens, the project's module is loaded again at the end.

@@ -23,6 +23,7 @@ ms() { cut -d' ' -f1 /proc/uptime | tr -d .; }
 
 while :; do
 	cmd=$(nc 10.77.0.1 5000 </dev/null 2>/dev/null)
+	# shellcheck disable=SC2086 # the command line is split into its words on purpose
 	set -- $cmd
 	case "$1" in
 	traffic)
