@@ -3,7 +3,6 @@
 #
 # Build vhost_net_zc.ko for an installed kernel, as DKMS does (dkms.conf):
 #   dkms-build.sh KDIR KVER [VAR=value...]   KDIR: the kernel's build directory
-#   dkms-build.sh --clean KDIR
 # A Rust out-of-tree module needs more of the kernel than a C one. Each requirement is
 # checked first, and a missing one is named with how to get it, rather than left to fail
 # as a compiler error:
@@ -22,12 +21,7 @@ die() {
 	exit 1
 }
 
-if [ "${1:-}" = --clean ]; then
-	[ -d "${2:-}" ] && make -s -C "$2" M="$here" LLVM=1 clean >/dev/null 2>&1 || true
-	rm -f "$here/rust/bindings_generated.rs"
-	exit 0
-fi
-[ $# -ge 2 ] || { echo "usage: $0 KDIR KVER [VAR=value...] | --clean KDIR" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: $0 KDIR KVER [VAR=value...]" >&2; exit 2; }
 kdir=$1 kver=$2
 shift 2
 # DKMS appends CC=clang LD=ld.lld for a kernel built with them: passed on to make.

@@ -3,7 +3,8 @@
 #
 # The Debian package (make dkms-deb) installed with dpkg: DKMS builds the module for the
 # running kernel against its build directory (the cached tree this kernel was built from),
-# the module loads from updates/dkms, and removing the package removes it again.
+# the module loads from updates/dkms, DKMS skips a kernel without Rust, and removing the
+# package removes it again.
 # Run in the test VM (selftests/run_vm.sh) with vhost_net_zc loaded from VNZC_KO; leaves it
 # loaded from there again. Exit status 0: pass, 1: fail.
 set -u
@@ -62,6 +63,19 @@ rc=$?
 tail -n 5 /tmp/dkms-install.log
 [ $rc -eq 0 ] || { cat /var/lib/dkms/vhost-net-zc/*/build/make.log 2>/dev/null | tail -n 30; exit 1; }
 dkms status vhost-net-zc
+# A kernel without Rust is not applicable (BUILD_EXCLUSIVE_CONFIG), not a failed build:
+# dkms build exits 77 ("should not be built") without running the build.
+norust=$(mktemp -d)
+mkdir "$norust/include" && echo "CONFIG_CC_IS_CLANG=y" >"$norust/.config"
+out=$(dkms build "vhost-net-zc/$version" -k 0.0-norust --kernelsourcedir "$norust" 2>&1)
+rc=$?
+rm -rf "$norust"
+printf '%s\n' "$out" | grep -q "BUILD_EXCLUSIVE" && [ $rc -eq 77 ] ||
+	{ echo "a kernel without CONFIG_RUST: dkms build exited $rc: $out"; exit 1; }
+! printf '%s\n' "$out" | grep -q "Building module" &&
+	! dkms status "vhost-net-zc/$version" -k 0.0-norust | grep -Eq "built|installed" ||
+	{ echo "a kernel without CONFIG_RUST: DKMS ran the build: $out"; exit 1; }
+echo "a kernel without CONFIG_RUST: skipped by DKMS (exit 77)"
 ko=$(modinfo -n vhost_net_zc 2>/dev/null)
 echo "modinfo -n: $ko"
 case $ko in */updates/dkms/*) ;; *) echo "not the DKMS build"; exit 1 ;; esac
