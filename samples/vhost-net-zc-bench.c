@@ -42,7 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../include/uapi/linux/vhost_net_zc.h"
+#include <linux/vhost_net_zc.h>
 #include "../selftests/vhost_guest.h"
 
 #define HDR		sizeof(struct virtio_net_hdr_mrg_rxbuf)

@@ -17,7 +17,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "../include/uapi/linux/vhost_net_zc.h"
+#include <linux/vhost_net_zc.h>
 
 int main(int argc, char **argv)
 {

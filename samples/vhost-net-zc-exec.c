@@ -23,7 +23,7 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
-#include "../include/uapi/linux/vhost_net_zc.h"
+#include <linux/vhost_net_zc.h>
 
 static int usage(const char *argv0)
 {

@@ -21,7 +21,7 @@
 #include <unistd.h>
 #include <linux/virtio_config.h>
 
-#include "../include/uapi/linux/vhost_net_zc.h"
+#include <linux/vhost_net_zc.h>
 #include "../selftests/vhost_guest.h"
 
 #define LEN		1000
