@@ -74,7 +74,8 @@ EOT
 # qemu-system-x86 exist only there; the host's qemu-utils already comes from there).
 APT_PKGS=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev
 	  cpio rsync kmod patch busybox-static iproute2 udev python3-pip python3-venv dwarves zstd xz-utils
-	  make gcc libc6-dev pkg-config file qemu-system-x86 dkms dh-dkms debhelper shellcheck)
+	  make gcc libc6-dev pkg-config file qemu-system-x86 dkms dh-dkms debhelper shellcheck
+	  dh-exec python3-docutils lintian)
 
 install_apt() {
 	local missing=() p

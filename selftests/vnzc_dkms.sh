@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: GPL-2.0
 #
-# The Debian package (make dkms-deb) installed with dpkg: DKMS builds the module for the
+# The Debian packages (make dkms-deb) installed with dpkg: DKMS builds the module for the
 # running kernel against its build directory (the cached tree this kernel was built from),
-# the module loads from updates/dkms, DKMS skips a kernel without Rust, and removing the
-# package removes it again.
+# the module loads from updates/dkms, DKMS skips a kernel without Rust, the tools of
+# vhost-net-zc-tools run, and removing the packages removes them again.
 # Run in the test VM (selftests/run_vm.sh) with vhost_net_zc loaded from VNZC_KO; leaves it
 # loaded from there again. Exit status 0: pass, 1: fail.
 set -u
@@ -37,7 +37,10 @@ expect_refusal "drivers/vhost/vhost.h" "set VNZC_KSRC"
 rm -rf "$fake"
 
 deb=$(ls "$ROOT"/dist/vhost-net-zc-dkms_*.deb 2>/dev/null | tail -n 1)
-[ -n "$deb" ] || { echo "no package in dist/ (make dkms-deb)"; exit 1; }
+dev=$(ls "$ROOT"/dist/vhost-net-zc-dev_*.deb 2>/dev/null | tail -n 1)
+tools=$(ls "$ROOT"/dist/vhost-net-zc-tools_*.deb 2>/dev/null | tail -n 1)
+[ -n "$deb" ] && [ -n "$dev" ] && [ -n "$tools" ] ||
+	{ echo "no packages in dist/ (make dkms-deb)"; exit 1; }
 command -v dkms >/dev/null || { echo "dkms is not installed on the host"; exit 1; }
 [ -e "/lib/modules/$kver/build/.config" ] || { echo "no build directory for $kver"; exit 1; }
 # The VM's root is the host's under overlayfs, where renaming a directory fails (EXDEV),
@@ -58,7 +61,9 @@ if [ "${VNZC_DKMS_BUILD_IN_VM:-0}" != 1 ]; then
 	echo "DKMS tarball built on the host: $(basename "$tarball")"
 fi
 rmmod vhost_net_zc || exit 1
-dpkg -i "$deb" >/tmp/dkms-install.log 2>&1
+# No man-db index rebuild for the man pages (minutes under TCG).
+echo "man-db man-db/auto-update boolean false" | debconf-set-selections 2>/dev/null
+dpkg -i "$deb" "$dev" "$tools" >/tmp/dkms-install.log 2>&1
 rc=$?
 tail -n 5 /tmp/dkms-install.log
 [ $rc -eq 0 ] || { cat /var/lib/dkms/vhost-net-zc/*/build/make.log 2>/dev/null | tail -n 30; exit 1; }
@@ -81,8 +86,23 @@ echo "modinfo -n: $ko"
 case $ko in */updates/dkms/*) ;; *) echo "not the DKMS build"; exit 1 ;; esac
 modprobe vhost_net_zc || exit 1
 [ -c /dev/vhost-net-zc ] || { echo "no /dev/vhost-net-zc"; exit 1; }
+# The tools package's programs, on the DKMS-built module; the header and man pages.
+info=$(/usr/sbin/vhost-net-zc-info /dev/vhost-net-zc) &&
+	printf '%s\n' "$info" | grep -q "^/dev/vhost-net-zc: features 0x" ||
+	{ echo "vhost-net-zc-info: $info"; exit 1; }
+counters=$(/usr/sbin/vhost-net-zc-counters 250) &&
+	printf '%s\n' "$counters" | grep -Eq "^timeout_ms +250$" ||
+	{ echo "vhost-net-zc-counters 250: $counters"; exit 1; }
+for f in /usr/include/linux/vhost_net_zc.h /usr/share/man/man4/vhost-net-zc.4.gz \
+	 /usr/share/man/man8/vhost-net-zc-exec.8.gz; do
+	[ -f "$f" ] || { echo "$f not installed"; exit 1; }
+done
+echo "tools: vhost-net-zc-info and vhost-net-zc-counters ran; header and man pages installed"
 rmmod vhost_net_zc || exit 1
-dpkg -r vhost-net-zc-dkms >/tmp/dkms-remove.log 2>&1 || { tail /tmp/dkms-remove.log; exit 1; }
+dpkg -r vhost-net-zc-tools vhost-net-zc-dev vhost-net-zc-dkms >/tmp/dkms-remove.log 2>&1 ||
+	{ tail /tmp/dkms-remove.log; exit 1; }
+[ ! -e /usr/sbin/vhost-net-zc-exec ] && [ ! -e /usr/include/linux/vhost_net_zc.h ] ||
+	{ echo "the tools or the header left behind"; exit 1; }
 rm -rf /usr/share/vhost-net-zc-dkms
 [ ! -e "$ko" ] || { echo "$ko left behind"; exit 1; }
 [ -z "$(ls -d /usr/src/vhost-net-zc-* 2>/dev/null)" ] || { echo "/usr/src left behind"; exit 1; }
