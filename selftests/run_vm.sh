@@ -30,8 +30,8 @@ ktap "# vhost-net-zc selftests on $(uname -r), $(nproc) CPUs"
 # the vhost_net_test runs and the QEMU test. A section that goes missing or reports fewer
 # points than planned fails the run (scripts/check.sh); run_case and run_harness refuse a
 # name that is not listed here.
-PLAN_CASES=(module_load modinfo bad_params kunit dkms_package unload reload_cycles kmemleak
-	    dmesg_clean)
+PLAN_CASES=(module_load modinfo bad_params kunit kselftest_runner dkms_package unload
+	    reload_cycles kmemleak dmesg_clean)
 [ "${VNZC_INJECT_FAILURE:-0}" = 1 ] && PLAN_CASES+=(injected_failure)
 PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_datapath vnzc_rings vnzc_zerocopy vnzc_offline
 		vnzc_offline_safety vnzc_faults vnzc_scale vnzc_fuzz)
@@ -144,6 +144,19 @@ PY
 	return $rc
 }
 
+# The selftests as the kernel tree runs them: lib.mk's run_tests, under the kselftest
+# runner with this directory's settings (its timeout), for one quick program.
+t_kselftest_runner() {
+	local out timeout
+	timeout=$(sed -n 's/^timeout=//p' "$TESTS/settings")
+	out=$(make -s -C "$TESTS" KDIR="$KDIR" UAPI="$KDIR/../uapi" CC=gcc LLVM= \
+		VNZC_TESTS=vnzc_features run_tests 2>&1)
+	printf '%s\n' "$out" | grep -Ev '^# +(#|ok|not ok|RUN|OK) '
+	printf '%s\n' "$out" | grep -qx "# overriding timeout to $timeout" ||
+		{ echo "the runner did not take the timeout of settings ($timeout)"; return 1; }
+	printf '%s\n' "$out" | grep -Eq '^ok 1 selftests: .*: vnzc_features$'
+}
+
 t_unload() {
 	rmmod vhost_net_zc || return 1
 	[ ! -e /dev/vhost-net-zc ] || { echo "/dev/vhost-net-zc still present"; return 1; }
@@ -180,6 +193,7 @@ run_case modinfo t_modinfo
 run_case bad_params t_bad_params
 run_case kunit t_kunit
 run_harness "$TESTS/vnzc_features"
+run_case kselftest_runner t_kselftest_runner
 run_harness "$TESTS/vnzc_abi"
 run_harness "$TESTS/vnzc_datapath"
 run_harness "$TESTS/vnzc_rings"
