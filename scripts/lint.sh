@@ -31,6 +31,20 @@ if printf '%s\n' "$report" | grep -q ': ERROR:'; then
 	vnzc_die "checkpatch: errors in the C files"
 fi
 vnzc_log "checkpatch: no errors"
+# The UAPI header: kernel-doc comments without warnings, and an ioctl type that the test
+# kernel's Documentation/userspace-api/ioctl/ioctl-number.rst does not assign.
+uapi_h=$VNZC_ROOT/include/uapi/linux/vhost_net_zc.h
+report=$("$kdir/scripts/kernel-doc" -none -Wall "$uapi_h" 2>&1) || true
+[ -z "$report" ] || { printf '%s\n' "$report" >&2; vnzc_die "kernel-doc: warnings in $uapi_h"; }
+type=$(sed -n 's/^#define VHOST_NET_ZC_IOC_TYPE[[:space:]]*\(0x[0-9A-Fa-f]*\).*/\1/p' "$uapi_h")
+[ -n "$type" ] || vnzc_die "no VHOST_NET_ZC_IOC_TYPE in $uapi_h"
+numbers=$kdir/Documentation/userspace-api/ioctl/ioctl-number.rst
+[ -f "$numbers" ] || vnzc_die "no $numbers in the test kernel tree"
+if grep -iq "^$type " "$numbers"; then
+	grep -i "^$type " "$numbers" >&2
+	vnzc_die "ioctl type $type is assigned in ioctl-number.rst"
+fi
+vnzc_log "UAPI header: kernel-doc clean, ioctl type $type unassigned in ioctl-number.rst"
 # The documentation: Sphinx with warnings as errors (scripts/setup-host.sh installs it).
 sphinx=$VNZC_CACHE/sphinx/bin/sphinx-build
 [ -x "$sphinx" ] || vnzc_die "no $sphinx: run scripts/setup-host.sh"
