@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Out-of-line wrappers for the vhost core's static inlines and macros (see helpers.h).
+ * Out-of-line wrappers for the vhost core's static inlines and macros (see helpers.h), and
+ * the module's parameters.
  */
 
 #include <linux/fs.h>
@@ -9,6 +10,7 @@
 #include <linux/hugetlb.h>
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
+#include <linux/moduleparam.h>
 #include <linux/net.h>
 #include <linux/if_vlan.h>
 #include <linux/if_tap.h>
@@ -387,4 +389,39 @@ int vnzc_log_hva(struct vhost_virtqueue *vq, u64 hva, u64 len)
 			return r;
 	}
 	return 0;
+}
+
+/*
+ * The module parameters. The Rust module! macro of Linux 7.3 registers parameters without
+ * sysfs files; declared here, they are readable (mode 0444) under
+ * /sys/module/vhost_net_zc/parameters/, as a C driver's are. Their ranges are checked by
+ * the module's init (rust/vhost_net_zc.rs); read-only, they cannot change after the load.
+ */
+static bool zcopy_tx = true;
+module_param(zcopy_tx, bool, 0444);
+MODULE_PARM_DESC(zcopy_tx, "Send TX buffers at or above copy_threshold zero-copy (default: true)");
+
+static unsigned int copy_threshold = 256;
+module_param(copy_threshold, uint, 0444);
+MODULE_PARM_DESC(copy_threshold,
+		 "Smallest TX buffer in bytes sent zero-copy (64..=65536, default: 256)");
+
+static unsigned int timeout_ms = 1000;
+module_param(timeout_ms, uint, 0444);
+MODULE_PARM_DESC(timeout_ms,
+		 "Default deadline in ms of a zero-copy TX buffer (1..=600000, default: 1000)");
+
+bool vnzc_param_zcopy_tx(void)
+{
+	return READ_ONCE(zcopy_tx);
+}
+
+u32 vnzc_param_copy_threshold(void)
+{
+	return READ_ONCE(copy_threshold);
+}
+
+u32 vnzc_param_timeout_ms(void)
+{
+	return READ_ONCE(timeout_ms);
 }

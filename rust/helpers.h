@@ -63,4 +63,9 @@ bool vnzc_vma_uffd_armed(struct vm_area_struct *vma);
 bool vnzc_page_maybe_dma_pinned(struct page *page);
 int vnzc_log_hva(struct vhost_virtqueue *vq, u64 hva, u64 len);
 
+/* The module parameters, declared in helpers.c (see there). */
+bool vnzc_param_zcopy_tx(void);
+u32 vnzc_param_copy_threshold(void);
+u32 vnzc_param_timeout_ms(void);
+
 #endif /* _VNZC_HELPERS_H */

@@ -95,7 +95,7 @@ static DEVICES: Atomic<u64> = Atomic::new(0);
 
 impl NetState {
     fn new() -> Result<Self> {
-        let tx = Pool::create(crate::module_parameters::timeout_ms.value())?;
+        let tx = Pool::create(crate::params::timeout_ms())?;
         let stats = tx.stats_ref();
         let name = CString::try_from_fmt(fmt!(
             "{}-{}",
@@ -377,8 +377,8 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
         return;
     };
     let hdr = vhost_hdr_len(vq);
-    let zerocopy = crate::module_parameters::zcopy_tx.value() && sock.zerocopy();
-    let threshold = crate::module_parameters::copy_threshold.value() as usize;
+    let zerocopy = crate::params::zcopy_tx() && sock.zerocopy();
+    let threshold = crate::params::copy_threshold() as usize;
     let limit = (vq.num() / 4) as usize;
     if zerocopy {
         pool.attach(&vq.waker());

@@ -52,7 +52,7 @@ extern "C" fn cost_timer_noop(_timer: *mut kb::hrtimer) -> kb::hrtimer_restart {
 /// Every send sets a deadline `timeout_ms` (module parameter) ahead, so no timer expires
 /// during the measurement.
 pub(crate) fn show_timer_cost(f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-    let timeout = Delta::from_millis(i64::from(crate::module_parameters::timeout_ms.value()));
+    let timeout = Delta::from_millis(i64::from(crate::params::timeout_ms()));
     let slack = u64::try_from(TIMER_SLACK.as_nanos()).unwrap_or(0);
     let Ok(timers) = KBox::pin_init(
         pin_init::pin_init_array_from_fn::<_, MAX_PEND, _, Infallible>(|_| {

@@ -65,20 +65,33 @@ module! {
     authors: ["The vhost-net-zc developers"],
     description: "vhost-net with bounded-time reset of stalled zero-copy TX",
     license: "GPL",
-    params: {
-        zcopy_tx: bool {
-            default: true,
-            description: "Send TX buffers at or above copy_threshold zero-copy (default: true)",
-        },
-        copy_threshold: u32 {
-            default: 256,
-            description: "Smallest TX buffer in bytes sent zero-copy (64..=65536, default: 256)",
-        },
-        timeout_ms: u32 {
-            default: 1000,
-            description: "Default deadline in ms of a zero-copy TX buffer (1..=600000, default: 1000)",
-        },
-    },
+}
+
+/// The module parameters: `zcopy_tx`, `copy_threshold` and `timeout_ms`.
+///
+/// They are declared in the C helper (`module_param()`, mode 0444) so that they can be read
+/// under `/sys/module/vhost_net_zc/parameters/`: the `module!` macro of Linux 7.3 registers
+/// parameters without sysfs files. Read-only, they keep the values of the load.
+pub(crate) mod params {
+    use crate::ffi::bindings;
+
+    /// `zcopy_tx`: whether TX buffers at or above `copy_threshold` are sent zero-copy.
+    pub(crate) fn zcopy_tx() -> bool {
+        // SAFETY: The helper reads a variable that only the module loader writes, before init.
+        unsafe { bindings::vnzc_param_zcopy_tx() }
+    }
+
+    /// `copy_threshold`: the smallest TX buffer, in bytes, sent zero-copy.
+    pub(crate) fn copy_threshold() -> u32 {
+        // SAFETY: As in `zcopy_tx()`.
+        unsafe { bindings::vnzc_param_copy_threshold() }
+    }
+
+    /// `timeout_ms`: the default deadline of a zero-copy TX buffer, in milliseconds.
+    pub(crate) fn timeout_ms() -> u32 {
+        // SAFETY: As in `zcopy_tx()`.
+        unsafe { bindings::vnzc_param_timeout_ms() }
+    }
 }
 
 /// Accepted range of `copy_threshold`: below 64 bytes the per-buffer completion costs more
@@ -206,14 +219,10 @@ fn check_param(name: &str, value: u32, range: &core::ops::RangeInclusive<u32>) -
 fn check_params() -> Result {
     check_param(
         "copy_threshold",
-        module_parameters::copy_threshold.value(),
+        params::copy_threshold(),
         &COPY_THRESHOLD_RANGE,
     )?;
-    check_param(
-        "timeout_ms",
-        module_parameters::timeout_ms.value(),
-        &TIMEOUT_MS_RANGE,
-    )
+    check_param("timeout_ms", params::timeout_ms(), &TIMEOUT_MS_RANGE)
 }
 
 impl kernel::InPlaceModule for VhostNetZcModule {
@@ -237,9 +246,9 @@ impl kernel::InPlaceModule for VhostNetZcModule {
         .pin_chain(|_| {
             pr_info!(
                 "/dev/vhost-net-zc ready (zcopy_tx={} copy_threshold={} timeout_ms={} preserve={})\n",
-                module_parameters::zcopy_tx.value(),
-                module_parameters::copy_threshold.value(),
-                module_parameters::timeout_ms.value(),
+                params::zcopy_tx(),
+                params::copy_threshold(),
+                params::timeout_ms(),
                 if mm::can_share_pages() {
                     "copy-on-write"
                 } else {

@@ -69,6 +69,22 @@ t_module_load() {
 	[ -d /sys/kernel/debug/vhost-net-zc ] || { echo "no vhost-net-zc/ in debugfs"; return 1; }
 	[ ! -e /sys/kernel/debug/vhost-net-zc/timer_cost ] ||
 		{ echo "the production module has the benchmark's timer_cost"; return 1; }
+	# The parameters in force, read-only, where a C module's are.
+	params_are Y 256 1000
+}
+
+# params_are ZCOPY_TX COPY_THRESHOLD TIMEOUT_MS: the values and modes (0444) of the
+# parameters under /sys/module/vhost_net_zc/parameters/.
+params_are() {
+	local dir=/sys/module/vhost_net_zc/parameters p want v rc=0
+	for p in zcopy_tx=$1 copy_threshold=$2 timeout_ms=$3; do
+		want=${p#*=} p=${p%=*}
+		v=$(cat "$dir/$p" 2>/dev/null) || { echo "no $dir/$p"; rc=1; continue; }
+		echo "$p: $v, mode $(stat -c %a "$dir/$p")"
+		[ "$v" = "$want" ] || { echo "$p is $v, not $want"; rc=1; }
+		[ "$(stat -c %a "$dir/$p")" = 444 ] || { echo "$p is not read-only (0444)"; rc=1; }
+	done
+	return $rc
 }
 
 t_modinfo() {
@@ -97,7 +113,8 @@ t_bad_params() {
 		dmesg | grep -q "vhost_net_zc: ${bad%=*}=${bad#*=} out of range" ||
 			{ echo "no dmesg line for $bad"; rc=1; }
 	done
-	kmod_load_zc timeout_ms=600000 copy_threshold=64 || { echo "limits rejected"; rc=1; }
+	kmod_load_zc timeout_ms=600000 copy_threshold=64 zcopy_tx=0 || { echo "limits rejected"; rc=1; }
+	params_are N 64 600000 || rc=1
 	rmmod vhost_net_zc || rc=1
 	kmod_load_zc || rc=1
 	return $rc
