@@ -20,6 +20,8 @@ use kernel::{
         MiscDeviceRegistration, //
     },
     prelude::*,
+    seq_file::SeqFile,
+    seq_print,
     str::CString,
     sync::atomic::{
         Atomic,
@@ -85,6 +87,8 @@ const LIMITS: Limits = Limits {
 pub(crate) struct NetState {
     /// The TX virtqueue's zero-copy buffers in flight.
     pub(crate) tx: PoolRef,
+    /// The device's name, `<tgid>-<n>`: its directory in debugfs.
+    name: CString,
     /// `vhost-net-zc/<tgid>-<n>/stats` in debugfs: the zero-copy counters.
     _stats: Pin<KBox<debugfs::File<StatsRef>>>,
     _dir: debugfs::Dir,
@@ -111,9 +115,19 @@ impl NetState {
         )?;
         Ok(NetState {
             tx,
+            name,
             _stats: stats,
             _dir: dir,
         })
+    }
+}
+
+/// The counters of a device as its fdinfo shows them.
+struct FdinfoCounters<'a>(&'a Pool);
+
+impl kernel::fmt::Display for FdinfoCounters<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.0.write_counters(f, "vnzc-", ":\t")
     }
 }
 
@@ -878,6 +892,14 @@ impl MiscDevice for VhostNetZc {
     fn release(device: Self::Ptr, _file: &File) {
         device.vhost.shutdown();
         drop(device);
+    }
+
+    /// `/proc/<pid>/fdinfo/<fd>` of the VMM: the device's name (its debugfs directory) and
+    /// its counters, as `vnzc-<counter>:\t<value>` lines.
+    fn show_fdinfo(me: Pin<&VhostNetZc>, m: &SeqFile, _file: &File) {
+        let state = me.vhost.data();
+        seq_print!(m, "vnzc-device:\t{}\n", state.name.to_str().unwrap_or("?"));
+        seq_print!(m, "{}", FdinfoCounters(&state.tx));
     }
 
     fn ioctl(me: Pin<&VhostNetZc>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {

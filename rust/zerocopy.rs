@@ -627,30 +627,48 @@ unsafe impl Send for StatsRef {}
 unsafe impl Sync for StatsRef {}
 
 impl StatsRef {
-    /// Writes the counters, one `name: value` per line.
+    /// Writes the counters, one `name: value` per line (the debugfs file).
     pub(crate) fn show(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         // SAFETY: `self` owns a reference, which keeps the pool alive (type invariant).
         let pool = unsafe { self.pool.as_ref() };
-        let ledger = pool.ledger();
+        pool.write_counters(f, "", ": ")
+    }
+}
+
+impl Pool {
+    /// Writes the counters, one per line: `prefix`, the counter's name, `sep`, its value.
+    pub(crate) fn write_counters(
+        &self,
+        f: &mut core::fmt::Formatter<'_>,
+        prefix: &str,
+        sep: &str,
+    ) -> core::fmt::Result {
+        let ledger = self.ledger();
         let stats = ledger.stats();
-        writeln!(f, "sent_zerocopy: {}", stats.sent)?;
-        writeln!(f, "completed: {}", stats.completed)?;
-        writeln!(f, "completed_copied: {}", stats.copied)?;
-        writeln!(f, "expired: {}", stats.expired)?;
-        writeln!(f, "abandoned: {}", stats.abandoned)?;
-        writeln!(f, "in_flight: {}", pool.inflight())?;
-        writeln!(f, "in_flight_expired: {}", ledger.expired())?;
-        writeln!(f, "sent_copy: {}", stats.sent_copy)?;
-        writeln!(f, "offlined: {}", stats.offlined)?;
-        writeln!(f, "offlined_pages: {}", stats.offlined_pages)?;
-        writeln!(f, "held_pages: {}", pool.held_pages(&ledger))?;
-        writeln!(f, "offline_refused: {}", stats.offline_refused)?;
-        writeln!(f, "offline_pinned: {}", stats.offline_pinned)?;
-        writeln!(f, "offline_skipped_pages: {}", stats.offline_skipped_pages)?;
-        writeln!(f, "last_reset_wait_ns: {}", stats.last_reset_wait)?;
-        writeln!(f, "max_reset_wait_ns: {}", stats.max_reset_wait)?;
-        writeln!(f, "reclaim: {}", u8::from(ledger.reclaim))?;
-        writeln!(f, "timeout_ms: {}", ledger.timeout_ms())
+        let counters: [(&str, u64); 18] = [
+            ("sent_zerocopy", stats.sent),
+            ("completed", stats.completed),
+            ("completed_copied", stats.copied),
+            ("expired", stats.expired),
+            ("abandoned", stats.abandoned),
+            ("in_flight", self.inflight() as u64),
+            ("in_flight_expired", ledger.expired() as u64),
+            ("sent_copy", stats.sent_copy),
+            ("offlined", stats.offlined),
+            ("offlined_pages", stats.offlined_pages),
+            ("held_pages", self.held_pages(&ledger)),
+            ("offline_refused", stats.offline_refused),
+            ("offline_pinned", stats.offline_pinned),
+            ("offline_skipped_pages", stats.offline_skipped_pages),
+            ("last_reset_wait_ns", stats.last_reset_wait),
+            ("max_reset_wait_ns", stats.max_reset_wait),
+            ("reclaim", u64::from(ledger.reclaim)),
+            ("timeout_ms", u64::from(ledger.timeout_ms())),
+        ];
+        for (name, value) in counters {
+            writeln!(f, "{prefix}{name}{sep}{value}")?;
+        }
+        Ok(())
     }
 }
 

@@ -218,6 +218,82 @@ TEST_F_TIMEOUT(off, set_backend_preserves, 120)
 	EXPECT_EQ(4, STAT(&self->e.g, completed));
 }
 
+/*
+ * Reads /proc/@pid/fdinfo/@fd: the value of its line "vnzc-@name:\t..." into @value (up
+ * to @size bytes), and how many vnzc- lines it has; -1 if it cannot be read.
+ */
+static int fdinfo_line(pid_t pid, int fd, const char *name, char *value, size_t size)
+{
+	char path[64], line[256], key[64];
+	int lines = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/%d/fdinfo/%d", (int)pid, fd);
+	snprintf(key, sizeof(key), "vnzc-%s:\t", name);
+	f = fopen(path, "r");
+	if (!f)
+		return -1;
+	value[0] = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strncmp(line, "vnzc-", 5))
+			continue;
+		lines++;
+		if (!strncmp(line, key, strlen(key))) {
+			snprintf(value, size, "%s", line + strlen(key));
+			value[strcspn(value, "\n")] = 0;
+		}
+	}
+	fclose(f);
+	return lines;
+}
+
+static long fdinfo_counter(pid_t pid, int fd, const char *name)
+{
+	char v[64];
+
+	if (fdinfo_line(pid, fd, name, v, sizeof(v)) < 0 || !v[0])
+		return -1;
+	return strtol(v, NULL, 10);
+}
+
+/*
+ * The VMM's /proc/<pid>/fdinfo/<fd> of the device shows its name (its debugfs directory)
+ * and the counters GET_STATS gives, read by the VMM itself and by another process.
+ */
+TEST_F_TIMEOUT(off, fdinfo_counters, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	char name[64], path[160];
+	struct frames f;
+	pid_t child;
+	int status;
+
+	send_held(_metadata, g, &f, 3, 60);
+	ASSERT_EQ(0, get_stats(g, &s));
+	/* Every counter, and the device line. */
+	ASSERT_EQ(19, fdinfo_line(getpid(), g->fd, "device", name, sizeof(name)));
+	snprintf(path, sizeof(path), "/sys/kernel/debug/vhost-net-zc/%s/stats", name);
+	EXPECT_EQ(0, access(path, R_OK)) TH_LOG("vnzc-device: %s, no %s", name, path);
+	EXPECT_EQ((long)s.sent_zerocopy, fdinfo_counter(getpid(), g->fd, "sent_zerocopy"));
+	EXPECT_EQ(3, fdinfo_counter(getpid(), g->fd, "in_flight"));
+	EXPECT_EQ((long)s.sent_copy, fdinfo_counter(getpid(), g->fd, "sent_copy"));
+	EXPECT_EQ(TIMEOUT_MS, fdinfo_counter(getpid(), g->fd, "timeout_ms"));
+	EXPECT_EQ(0, fdinfo_counter(getpid(), g->fd, "offlined"));
+	/* An administrator's tool reads it by the VMM's PID. */
+	child = fork();
+	ASSERT_LE(0, child);
+	if (child == 0)
+		_exit(fdinfo_counter(getppid(), g->fd, "in_flight") == 3 ? 0 : 1);
+	ASSERT_EQ(child, waitpid(child, &status, 0));
+	EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	/* After the reset, what it did. */
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	expect_all_heads(_metadata, g, &f, 100);
+	EXPECT_EQ(STAT(g, offlined), fdinfo_counter(getpid(), g->fd, "offlined"));
+	EXPECT_EQ(3, fdinfo_counter(getpid(), g->fd, "offlined"));
+}
+
 /* A reset waits for buffers not yet expired, until their deadline, then offlines them. */
 TEST_F_TIMEOUT(off, set_backend_waits_until_deadline, 120)
 {
