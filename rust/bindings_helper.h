@@ -16,6 +16,7 @@
 #include "vhost.h"
 
 #include "helpers.h"
+#include "vnzc_trace.h"
 
 const unsigned int VNZC_VHOST_GET_FEATURES = VHOST_GET_FEATURES;
 const unsigned int VNZC_VHOST_SET_FEATURES = VHOST_SET_FEATURES;

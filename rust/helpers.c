@@ -26,6 +26,11 @@
 
 #include "helpers.h"
 
+#define CREATE_TRACE_POINTS
+/* And the functions the Rust side calls to fire them (rust/trace.rs). */
+#define CREATE_RUST_TRACE_POINTS
+#include "vnzc_trace.h"
+
 void *vnzc_vq_get_backend(struct vhost_virtqueue *vq)
 {
 	return vhost_vq_get_backend(vq);

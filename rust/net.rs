@@ -99,14 +99,15 @@ static DEVICES: Atomic<u64> = Atomic::new(0);
 
 impl NetState {
     fn new() -> Result<Self> {
-        let tx = Pool::create(crate::params::timeout_ms())?;
+        let dev = DEVICES.fetch_add(1, Relaxed);
+        let tx = Pool::create(crate::params::timeout_ms(), dev)?;
         let stats = tx.stats_ref();
         let name = CString::try_from_fmt(fmt!(
             "{}-{}",
             // The opener's process ID as its own processes see it (reading `tgid` directly
             // gave -1 here).
             kernel::current!().tgid_nr_ns(None),
-            DEVICES.fetch_add(1, Relaxed)
+            dev
         ))?;
         let dir = crate::debugfs_dir(&name);
         let stats = KBox::pin_init(

@@ -127,6 +127,13 @@ pub(crate) fn offline_and_return(
                     Ok(out) => {
                         ledger.skipped_pages(out.skipped);
                         heads[n] = ledger.offlined(index, out.offlined);
+                        crate::trace::offline(
+                            ledger.dev,
+                            index as u32,
+                            heads[n],
+                            u32::try_from(out.offlined).unwrap_or(u32::MAX),
+                            matches!(mode, Mode::Discard),
+                        );
                         vhost::debug(
                             c"TX: offlined a zero-copy buffer (head, pages)",
                             heads[n],
@@ -136,6 +143,8 @@ pub(crate) fn offline_and_return(
                     }
                     Err(e) => {
                         ledger.refused(index, *e == EBUSY);
+                        let head = ledger.head(index);
+                        crate::trace::offline_refused(ledger.dev, index as u32, head, e.to_errno());
                         last_err = Some(*e);
                         refused += 1;
                     }

@@ -46,6 +46,7 @@ mod reset;
 mod socket;
 #[cfg(vnzc_bench)]
 mod timer_cost;
+mod trace;
 mod uapi;
 mod vhost;
 mod zerocopy;

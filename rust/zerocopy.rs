@@ -144,6 +144,8 @@ pub(crate) struct Pool {
     timer: DeadlineTimer,
     #[pin]
     ledger: Mutex<Ledger>,
+    /// The device's number, for its tracepoints.
+    dev: u64,
 }
 
 // SAFETY: The C parts (`ubufs`, `idle`, `rcu`) are only accessed through the kernel's own
@@ -204,14 +206,15 @@ unsafe extern "C" fn complete(_skb: *mut kb::sk_buff, uarg: *mut kb::ubuf_info, 
 }
 
 impl Pool {
-    /// Creates an empty pool whose buffers expire `timeout_ms` after they are sent. The pool
-    /// takes a reference to the module; the owner's reference to it is returned.
+    /// Creates an empty pool of device number `dev` whose buffers expire `timeout_ms` after
+    /// they are sent. The pool takes a reference to the module; the owner's reference to it
+    /// is returned.
     ///
     /// # Errors
     ///
     /// `ENOMEM`.
-    pub(crate) fn create(timeout_ms: u32) -> Result<PoolRef> {
-        let ledger = Ledger::new(timeout_ms)?;
+    pub(crate) fn create(timeout_ms: u32, dev: u64) -> Result<PoolRef> {
+        let ledger = Ledger::new(timeout_ms, dev)?;
         let pool = KBox::pin_init(
             pin_init!(Pool {
                 ubufs: [const { Opaque::zeroed() }; MAX_PEND],
@@ -237,6 +240,7 @@ impl Pool {
                 // the timer cannot outlive (it is cancelled when dropped).
                 timer <- unsafe { DeadlineTimer::new(Self::deadline_passed) },
                 ledger <- new_mutex!(ledger, "Pool::ledger"),
+                dev,
             }),
             GFP_KERNEL,
         )?;
@@ -334,8 +338,15 @@ impl Pool {
     }
 
     /// The send of `slot` succeeded: the network stack completes it.
-    pub(crate) fn sent(&self, ledger: &mut Ledger, _slot: Slot) {
+    pub(crate) fn sent(&self, ledger: &mut Ledger, slot: Slot) {
         ledger.stats.sent += 1;
+        let pages = ledger.npages.get(slot.index).copied().unwrap_or(0);
+        crate::trace::zc_send(
+            ledger.dev,
+            slot.index as u32,
+            ledger.head(slot.index),
+            u32::from(pages),
+        );
     }
 
     /// The send of `slot` failed. The socket either never attached the `ubuf_info` to an
@@ -360,6 +371,7 @@ impl Pool {
     /// Slot `index` must be in flight, and this call consumes its reference to the pool:
     /// `self` may be freed (after an RCU grace period) once it returns.
     unsafe fn completed(&self, index: usize, success: bool) {
+        crate::trace::zc_complete(self.dev, index as u32, !success);
         let (w, m) = bit(index);
         if !success {
             set_bits(&self.copied[w], m);
@@ -494,6 +506,7 @@ impl Pool {
                     _ => {
                         ledger.expired[w] |= m;
                         newly += 1;
+                        crate::trace::zc_expire(ledger.dev, index as u32, ledger.heads[index]);
                     }
                 }
             }

@@ -30,8 +30,8 @@ ktap "# vhost-net-zc selftests on $(uname -r), $(nproc) CPUs"
 # the vhost_net_test runs and the QEMU test. A section that goes missing or reports fewer
 # points than planned fails the run (scripts/check.sh); run_case and run_harness refuse a
 # name that is not listed here.
-PLAN_CASES=(module_load modinfo bad_params kunit kselftest_runner dkms_package unload
-	    reload_cycles kmemleak dmesg_clean)
+PLAN_CASES=(module_load modinfo bad_params kunit kselftest_runner tracepoints dkms_package
+	    unload reload_cycles kmemleak dmesg_clean)
 [ "${VNZC_INJECT_FAILURE:-0}" = 1 ] && PLAN_CASES+=(injected_failure)
 PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_datapath vnzc_rings vnzc_zerocopy vnzc_offline
 		vnzc_offline_safety vnzc_faults vnzc_scale vnzc_fuzz)
@@ -174,6 +174,44 @@ t_kselftest_runner() {
 	printf '%s\n' "$out" | grep -Eq '^ok 1 selftests: .*: vnzc_features$'
 }
 
+# The module's tracepoints through tracefs, over two vnzc_offline cases: 4 buffers sent,
+# expired, offlined in preserve mode and completed when the qdisc is released; and a
+# preserve-mode offline refused (memory shared with a file). Per device, what the admin
+# guide's bpftrace one-liner counts: every buffer sent is completed by the end.
+t_tracepoints() {
+	local tr=/sys/kernel/tracing log rc=0 ev n
+	[ -d "$tr/events" ] || mount -t tracefs nodev "$tr" || return 1
+	[ -d "$tr/events/vhost_net_zc" ] || { echo "no events/vhost_net_zc in tracefs"; return 1; }
+	echo 0 >"$tr/tracing_on"
+	echo >"$tr/trace"
+	echo 1 >"$tr/events/vhost_net_zc/enable"
+	echo 1 >"$tr/tracing_on"
+	"$TESTS/vnzc_offline" -r off.set_backend_preserves -r shm.preserve_refused >/dev/null 2>&1 ||
+		{ echo "vnzc_offline failed"; rc=1; }
+	echo 0 >"$tr/tracing_on"
+	echo 0 >"$tr/events/vhost_net_zc/enable"
+	log=$(grep vnzc_ "$tr/trace")
+	echo >"$tr/trace"
+	for ev in vnzc_zc_send vnzc_zc_expire vnzc_offline vnzc_zc_complete vnzc_offline_refused \
+		  vnzc_reset; do
+		n=$(printf '%s\n' "$log" | grep -c " $ev: ")
+		echo "$ev: $n"
+		[ "$n" -ge 1 ] || { echo "no $ev event"; rc=1; }
+	done
+	printf '%s\n' "$log" | grep -m 1 " vnzc_offline: .*mode=preserve" ||
+		{ echo "no preserve-mode offline event"; rc=1; }
+	printf '%s\n' "$log" | grep -m 1 " vnzc_offline_refused: .*error=-95" ||
+		{ echo "no refusal with EOPNOTSUPP"; rc=1; }
+	# Sends minus completions per device: nothing stuck once the qdisc was released.
+	printf '%s\n' "$log" | awk '
+		/ vnzc_zc_send: / { split($0, a, "dev="); split(a[2], d, " "); n[d[1]]++ }
+		/ vnzc_zc_complete: / { split($0, a, "dev="); split(a[2], d, " "); n[d[1]]-- }
+		END { for (dev in n) { printf "device %s: %d in flight at the end\n", dev, n[dev]
+			  if (n[dev] != 0) bad = 1 }
+		      exit bad }' || rc=1
+	return $rc
+}
+
 t_unload() {
 	rmmod vhost_net_zc || return 1
 	[ ! -e /dev/vhost-net-zc ] || { echo "/dev/vhost-net-zc still present"; return 1; }
@@ -273,6 +311,7 @@ fi
 rmmod vhost_net && kmod_load vhost_net experimental_zcopytx=1 ||
 	ktap "# could not reload vhost_net with experimental_zcopytx=1"
 VNZC_HARNESS_TIMEOUT=900 run_harness "$TESTS/vnzc_offline"
+run_case tracepoints t_tracepoints
 VNZC_HARNESS_TIMEOUT=2400 run_harness "$TESTS/vnzc_offline_safety"
 # Every allocation of a VMM's life with the device failed in turn (fail-nth).
 VNZC_HARNESS_TIMEOUT=1800 run_harness "$TESTS/vnzc_faults"

@@ -86,6 +86,8 @@ pub(crate) struct Ledger {
     pub(super) stats: Stats,
     /// Packets and copied completions in the current window of the zero-copy heuristic.
     pub(super) window: (u32, u32),
+    /// The device's number, for its tracepoints.
+    pub(crate) dev: u64,
 }
 
 /// A reserved slot, between [`Pool::reserve`](super::Pool::reserve) and the send's outcome.
@@ -135,7 +137,7 @@ impl Ledger {
     /// # Errors
     ///
     /// `ENOMEM`.
-    pub(super) fn new(timeout_ms: u32) -> Result<Ledger> {
+    pub(super) fn new(timeout_ms: u32, dev: u64) -> Result<Ledger> {
         Ok(Ledger {
             busy: [0; WORDS],
             stale: [0; WORDS],
@@ -151,6 +153,7 @@ impl Ledger {
             timeout: Delta::from_millis(i64::from(timeout_ms)),
             stats: Stats::default(),
             window: (0, 0),
+            dev,
         })
     }
 
@@ -215,6 +218,13 @@ impl Ledger {
         let ns = u64::try_from(spent.as_nanos()).unwrap_or(0);
         self.stats.last_reset_wait = ns;
         self.stats.max_reset_wait = self.stats.max_reset_wait.max(ns);
+        let reserved = self.busy.iter().map(|w| w.count_ones()).sum();
+        crate::trace::reset(self.dev, ns, reserved);
+    }
+
+    /// The head slot `index` stands for.
+    pub(crate) fn head(&self, index: usize) -> u16 {
+        self.heads.get(index).copied().unwrap_or(0)
     }
 
     /// The deadline of buffers sent from now on, in ms.
@@ -317,7 +327,7 @@ mod tests {
 
     #[test]
     fn lifecycle_counts() -> Result {
-        let mut l = Ledger::new(1000)?;
+        let mut l = Ledger::new(1000, 0)?;
         assert_eq!(l.holding(), 0);
         assert_eq!(l.ms_to_last_deadline(), 0);
         busy(&mut l, 3, 30, 50);
@@ -372,7 +382,7 @@ mod tests {
             (1024, 1000, true),
         ];
         for (packets, copied, want) in cases {
-            let mut l = Ledger::new(1000)?;
+            let mut l = Ledger::new(1000, 0)?;
             l.window = (packets, copied);
             assert_eq!(l.worth_zerocopy(), want);
         }
