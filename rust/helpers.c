@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Out-of-line wrappers for the vhost core's static inlines and macros (see helpers.h), and
- * the module's parameters.
+ * Out-of-line wrappers for the vhost core's static inlines and macros (see helpers.h), the
+ * module's parameters, and the definitions of its tracepoints (vnzc_trace.h).
  */
 
 #include <linux/fs.h>

@@ -2,13 +2,14 @@
 
 //! The module's tracepoints, `events/vhost_net_zc/` in tracefs.
 //!
-//! They are declared in C ([`rust/vnzc_trace.h`](srctree/rust/vnzc_trace.h), with
-//! `TRACE_EVENT`) and defined in the C helper, like the kernel's own Rust tracepoints; the
-//! kernel crate's `declare_trace!` names its C side in `kernel::bindings`, which a module's
-//! own events are not part of, so each is wrapped here with the crate's static-key test
-//! ([`kernel::jump_label::static_branch_unlikely`]): a disabled event costs a key test, no
-//! call. `dev` is the device's number (the `<n>` of its debugfs directory `<tgid>-<n>`),
-//! `slot` its buffer's slot in the pool.
+//! They are declared in C (the module's `rust/vnzc_trace.h`, with `TRACE_EVENT`) and
+//! defined in its C helper, like the kernel's own Rust tracepoints; the kernel crate's
+//! `declare_trace!` names its C side in `kernel::bindings`, which a module's own events are
+//! not part of, so each is wrapped here with the crate's static-key test
+//! ([`kernel::jump_label::static_branch_unlikely`]): a disabled event costs the key test
+//! (a patched jump with `CONFIG_JUMP_LABEL`, an atomic read otherwise), not the event's
+//! call. Without `CONFIG_TRACEPOINTS` the functions do nothing. `dev` is the device's number
+//! (the `<n>` of its debugfs directory `<tgid>-<n>`), `slot` its buffer's slot in the pool.
 
 use crate::ffi::bindings;
 
@@ -18,19 +19,28 @@ macro_rules! tracepoint {
         $(#[$doc])*
         #[inline(always)]
         pub(crate) fn $name($($arg: $ty),*) {
-            // SAFETY: `$key` is the `struct tracepoint` that `vnzc_trace.h` defines in C,
-            // whose `key` field is its static key.
-            let on = unsafe {
-                kernel::jump_label::static_branch_unlikely!(
-                    bindings::$key,
-                    kernel::bindings::tracepoint,
-                    key
-                )
-            };
-            if on {
-                // SAFETY: The event's C function takes the arguments by value and may be
-                // called from any context the event's callers run in.
-                unsafe { bindings::$call($($arg),*) };
+            #[cfg(CONFIG_TRACEPOINTS)]
+            {
+                // SAFETY: `$key` is a `struct tracepoint` declared by `vnzc_trace.h` and
+                // defined in the C helper (`CREATE_TRACE_POINTS`); its `key` field is its
+                // static key.
+                let on = unsafe {
+                    kernel::jump_label::static_branch_unlikely!(
+                        bindings::$key,
+                        kernel::bindings::tracepoint,
+                        key
+                    )
+                };
+                if on {
+                    // SAFETY: The arguments are scalars, passed by value. Every caller runs
+                    // where RCU is watching (process context, softirq or the hrtimer's
+                    // interrupt; never idle or noinstr code), as the event's probes need.
+                    unsafe { bindings::$call($($arg),*) };
+                }
+            }
+            #[cfg(not(CONFIG_TRACEPOINTS))]
+            {
+                $(let _ = $arg;)*
             }
         }
     };
@@ -78,10 +88,10 @@ tracepoint!(
 );
 
 tracepoint!(
-    /// A reset spent `wait_ns` on zero-copy buffers; `in_flight` are still in flight after
-    /// it.
+    /// A reset spent `wait_ns` on zero-copy buffers; `reserved` slots are still reserved
+    /// after it (in flight, or completed and not yet reaped).
     reset,
     __tracepoint_vnzc_reset,
     rust_do_trace_vnzc_reset,
-    (dev: u64, wait_ns: u64, in_flight: u32)
+    (dev: u64, wait_ns: u64, reserved: u32)
 );

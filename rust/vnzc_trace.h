@@ -106,20 +106,20 @@ TRACE_EVENT(vnzc_offline_refused,
 );
 
 TRACE_EVENT(vnzc_reset,
-	TP_PROTO(u64 dev, u64 wait_ns, u32 in_flight),
-	TP_ARGS(dev, wait_ns, in_flight),
+	TP_PROTO(u64 dev, u64 wait_ns, u32 reserved),
+	TP_ARGS(dev, wait_ns, reserved),
 	TP_STRUCT__entry(
 		__field(u64, dev)
 		__field(u64, wait_ns)
-		__field(u32, in_flight)
+		__field(u32, reserved)
 	),
 	TP_fast_assign(
 		__entry->dev = dev;
 		__entry->wait_ns = wait_ns;
-		__entry->in_flight = in_flight;
+		__entry->reserved = reserved;
 	),
-	TP_printk("dev=%llu wait_ns=%llu in_flight=%u", __entry->dev, __entry->wait_ns,
-		  __entry->in_flight)
+	TP_printk("dev=%llu wait_ns=%llu reserved=%u", __entry->dev, __entry->wait_ns,
+		  __entry->reserved)
 );
 
 #endif /* _VNZC_TRACE_H */

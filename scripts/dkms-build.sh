@@ -44,6 +44,10 @@ export PATH
 	die "the kernel was built without Rust support; vhost-net-zc needs CONFIG_RUST=y"
 [ -f "$kdir/rust/libkernel.rmeta" ] && [ -f "$kdir/rust/libmacros.so" ] ||
 	die "$kdir lacks the kernel's Rust metadata (rust/libkernel.rmeta, rust/libmacros.so); the build tree must be kept as 'make modules_prepare' leaves it"
+# With static keys, the crate's static_branch_unlikely! (the module's tracepoints) includes
+# an assembly template generated in the kernel's build tree.
+[ "$(conf CONFIG_JUMP_LABEL)" != y ] || [ -f "$kdir/rust/kernel/generated_arch_static_branch_asm.rs" ] ||
+	die "$kdir lacks rust/kernel/generated_arch_static_branch_asm.rs, which a kernel with CONFIG_JUMP_LABEL=y generates; the build tree must be kept as 'make modules_prepare' leaves it"
 want=$(conf CONFIG_RUSTC_VERSION_TEXT)
 have=$(rustc --version 2>/dev/null || true)
 [ -n "$have" ] || die "no rustc in PATH; the kernel was built with: $want"
