@@ -61,8 +61,10 @@ if [ "${VNZC_DKMS_BUILD_IN_VM:-0}" != 1 ]; then
 	echo "DKMS tarball built on the host: $(basename "$tarball")"
 fi
 rmmod vhost_net_zc || exit 1
-# No man-db index rebuild for the man pages (minutes under TCG).
-echo "man-db man-db/auto-update boolean false" | debconf-set-selections 2>/dev/null
+# No man-db index rebuild for the man pages: its trigger runs while this file exists, and
+# under TCG it indexes the whole system's pages (the VM's root is an overlay: the host's
+# file stays).
+rm -f /var/lib/man-db/auto-update
 dpkg -i "$deb" "$dev" "$tools" >/tmp/dkms-install.log 2>&1
 rc=$?
 tail -n 5 /tmp/dkms-install.log
