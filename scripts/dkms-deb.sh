@@ -26,7 +26,7 @@ git -C "$VNZC_ROOT" ls-files -z | (cd "$VNZC_ROOT" && xargs -0 tar -cf -) | tar 
 changes=$(ls "$work"/vhost-net-zc_*.changes)
 lintian --fail-on error --info --display-info --pedantic "$changes" >"$work/lintian.log" 2>&1 ||
 	{ cat "$work/lintian.log" >&2; vnzc_die "lintian: errors in the packages"; }
-grep -v '^N: ' "$work/lintian.log" | grep -q . && cat "$work/lintian.log" >&2
+grep -qv '^N: ' "$work/lintian.log" && cat "$work/lintian.log" >&2
 vnzc_log "lintian: no errors ($(grep -c '^[WIP]: ' "$work/lintian.log") other tags)"
 # The tools build against the installed packages' headers alone: the system's UAPI and
 # vhost-net-zc-dev's <linux/vhost_net_zc.h>, not the project tree's.

@@ -27,7 +27,7 @@ mapfile -t cfiles < <(cd "$VNZC_ROOT" && git ls-files '*.c' '*.h' 2>/dev/null)
 cfiles=("${cfiles[@]/#/$VNZC_ROOT/}")
 report=$(perl "$kdir/scripts/checkpatch.pl" --no-tree --terse --no-summary -f "${cfiles[@]}" || true)
 [ -z "$report" ] || printf '%s\n' "$report" >&2
-if printf '%s\n' "$report" | grep -q ': ERROR:'; then
+if grep -q ': ERROR:' <<<"$report"; then
 	vnzc_die "checkpatch: errors in the C files"
 fi
 vnzc_log "checkpatch: no errors"

@@ -80,7 +80,8 @@ APT_PKGS=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libss
 install_apt() {
 	local missing=() p
 	for p in "${APT_PKGS[@]}"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+		[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *'ok installed' ]] ||
+			missing+=("$p")
 	done
 	if [ "${#missing[@]}" -gt 0 ]; then
 		log "installing: ${missing[*]}"
@@ -92,7 +93,7 @@ install_apt() {
 install_rust() {
 	export PATH="$HOME/.cargo/bin:$PATH"
 	command -v rustup >/dev/null || { log "rustup not found: this host needs the Rust toolchain"; exit 1; }
-	if ! rustup component list --installed 2>/dev/null | grep -q '^rust-src'; then
+	if ! grep -q '^rust-src' <<<"$(rustup component list --installed 2>/dev/null)"; then
 		log "rustup component add rust-src"
 		rustup component add rust-src >/dev/null
 	fi

@@ -38,7 +38,7 @@ case "${VNZC_KVM:-auto}" in
 		if [ -c /dev/kvm ]; then
 			vnzc_log "probing KVM (bounded to 45 s)"
 			if timeout -k 5 45 vng --run "$kdir" --memory 512M --cpus 1 \
-				--exec 'echo VNZC_KVM_OK' </dev/null 2>/dev/null | grep -q VNZC_KVM_OK; then
+				--exec 'echo VNZC_KVM_OK' </dev/null 2>/dev/null | grep -c VNZC_KVM_OK >/dev/null; then
 				echo kvm >"$stamp"
 			else
 				echo tcg >"$stamp"
