@@ -72,10 +72,11 @@ EOT
 
 # All from bookworm-backports where it has a newer version (clang/lld/llvm 19 and
 # qemu-system-x86 exist only there; the host's qemu-utils already comes from there).
+# gcc-multilib: the selftests' 32-bit (-m32) builds, a 32-bit VMM's view of the device.
 APT_PKGS=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev
 	  cpio rsync kmod patch busybox-static iproute2 udev python3-pip python3-venv dwarves zstd xz-utils
 	  make gcc libc6-dev pkg-config file qemu-system-x86 dkms dh-dkms debhelper shellcheck
-	  dh-exec python3-docutils lintian)
+	  dh-exec python3-docutils lintian gcc-multilib)
 
 install_apt() {
 	local missing=() p

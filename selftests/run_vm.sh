@@ -33,8 +33,8 @@ ktap "# vhost-net-zc selftests on $(uname -r), $(nproc) CPUs"
 PLAN_CASES=(module_load modinfo bad_params kunit kselftest_runner tracepoints dkms_package
 	    unload reload_cycles kmemleak dmesg_clean)
 [ "${VNZC_INJECT_FAILURE:-0}" = 1 ] && PLAN_CASES+=(injected_failure)
-PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_datapath vnzc_rings vnzc_zerocopy vnzc_offline
-		vnzc_offline_safety vnzc_faults vnzc_scale vnzc_fuzz)
+PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_abi_32 vnzc_datapath vnzc_datapath_32 vnzc_rings
+		vnzc_zerocopy vnzc_offline vnzc_offline_safety vnzc_faults vnzc_scale vnzc_fuzz)
 VNT_FLAGS=("" "--no-event-idx" "--no-indirect" "--delayed-interrupt"
 	   "--no-event-idx --no-indirect --delayed-interrupt")
 planned=$(( ${#PLAN_CASES[@]} + 2 * ${#VNT_FLAGS[@]} ))
@@ -252,7 +252,9 @@ run_case kunit t_kunit
 run_harness "$TESTS/vnzc_features"
 run_case kselftest_runner t_kselftest_runner
 run_harness "$TESTS/vnzc_abi"
+run_harness "$TESTS/vnzc_abi_32"
 run_harness "$TESTS/vnzc_datapath"
+run_harness "$TESTS/vnzc_datapath_32"
 run_harness "$TESTS/vnzc_rings"
 VNZC_KO=$VNZC_KO run_harness "$TESTS/vnzc_zerocopy"
 # The kernel's own tools/virtio/vhost_net_test, built from the test tree, in its flag
