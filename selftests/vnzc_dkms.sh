@@ -88,6 +88,14 @@ echo "modinfo -n: $ko"
 case $ko in */updates/dkms/*) ;; *) echo "not the DKMS build"; exit 1 ;; esac
 modprobe vhost_net_zc || exit 1
 [ -c /dev/vhost-net-zc ] || { echo "no /dev/vhost-net-zc"; exit 1; }
+# The node as distributions give /dev/vhost-net: group kvm, mode 0660, from the package's
+# udev rule, applied by the udevd that runs in this VM (without the rule: root, 0600).
+udevadm settle -t 10
+node=$(stat -c '%U:%G %a' /dev/vhost-net-zc)
+[ "$node" = "root:kvm 660" ] ||
+	{ echo "/dev/vhost-net-zc is $node, not root:kvm 660 (lib/udev/rules.d/60-vhost-net-zc.rules)"
+	  exit 1; }
+echo "/dev/vhost-net-zc: $node, by the packaged udev rule"
 # The tools package's programs, on the DKMS-built module; the header and man pages.
 info=$(/usr/sbin/vhost-net-zc-info /dev/vhost-net-zc) &&
 	printf '%s\n' "$info" | grep -q "^/dev/vhost-net-zc: features 0x" ||
@@ -103,8 +111,9 @@ echo "tools: vhost-net-zc-info and vhost-net-zc-counters ran; header and man pag
 rmmod vhost_net_zc || exit 1
 dpkg -r vhost-net-zc-tools vhost-net-zc-dev vhost-net-zc-dkms >/tmp/dkms-remove.log 2>&1 ||
 	{ tail /tmp/dkms-remove.log; exit 1; }
-[ ! -e /usr/sbin/vhost-net-zc-exec ] && [ ! -e /usr/include/linux/vhost_net_zc.h ] ||
-	{ echo "the tools or the header left behind"; exit 1; }
+[ ! -e /usr/sbin/vhost-net-zc-exec ] && [ ! -e /usr/include/linux/vhost_net_zc.h ] &&
+	[ ! -e /lib/udev/rules.d/60-vhost-net-zc.rules ] ||
+	{ echo "the tools, the header or the udev rule left behind"; exit 1; }
 rm -rf /usr/share/vhost-net-zc-dkms
 [ ! -e "$ko" ] || { echo "$ko left behind"; exit 1; }
 [ -z "$(ls -d /usr/src/vhost-net-zc-* 2>/dev/null)" ] || { echo "/usr/src left behind"; exit 1; }
