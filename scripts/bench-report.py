@@ -6,6 +6,7 @@ raw lines.
     bench-report.py RAW.txt OUTDIR    writes OUTDIR/report.md and OUTDIR/chart.svg
 """
 
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -17,6 +18,18 @@ LABELS = {
     "zc-copy": "vhost-net-zc, copy",
     "zc-zc": "vhost-net-zc, zero-copy",
 }
+# The compared pairs of the per-repetition ratios: vhost-net-zc's variant, stock's
+# variant(s) (of two, the better one in each repetition), label.
+PAIRS = [
+    ("zc-copy", ("stock-copy",), "zc copy / stock copy"),
+    ("zc-zc", ("stock-zc",), "zc zero-copy / stock zero-copy"),
+    ("zc-zc", ("stock-copy", "stock-zc"), "zc zero-copy (its default) / the better of stock"),
+]
+# t(0.975, df) for df = 1..30: a two-sided 95% confidence interval of a mean of n values is
+# mean +- t(0.975, n - 1) * s / sqrt(n). Above df 30, df 30's value (a little wide).
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+        2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+        2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 
 
 def fields(words):
@@ -29,15 +42,24 @@ def fields(words):
 
 
 def parse(path):
-    facts, runs, timers, resets = {}, [], [], []
+    """The facts ("key: text" lines; "load" and "order" are lists, of (when, loadavg) and
+    of the "# order" comments' cells), the throughput runs, the TIMER lines and the resets.
+    Files of earlier runs lack the seed, load, order and watchdog lines."""
+    facts, runs, timers, resets = {"load": [], "order": []}, [], [], []
     with open(path) as f:
         for line in f:
             line = line.strip()
+            if line.startswith("# order "):
+                cell, order = line[len("# order "):].split(":", 1)
+                facts["order"].append((cell, order.split()))
             if not line or line.startswith("#"):
                 continue
             head = line.split(":", 1)[0]
-            if head in ("machine", "accel", "config", "date"):
+            if head in ("machine", "accel", "config", "date", "seed", "watchdog"):
                 facts[head] = line.split(":", 1)[1].strip()
+            elif head == "load":
+                when, avg = line.split(":", 1)[1].rsplit(":", 1)
+                facts["load"].append((when.strip(), avg.split()))
             elif line.startswith("TIMER "):
                 words = line.split()
                 timers.append({words[i].rstrip(":"): words[i + 1]
@@ -77,6 +99,61 @@ def throughput(runs, mode):
         t[key]["zc"].append(int(r["zerocopy"]))
         t[key]["copy"].append(int(r["copy"]))
     return t
+
+
+def by_rep(runs, mode):
+    """{(size, variant): {rep: (pps, worker ns/packet)}}"""
+    t = defaultdict(dict)
+    for r in runs:
+        if r["mode"] == mode:
+            t[(int(r["size"]), r["variant"])][int(r["rep"])] = (
+                float(r["pps"]), float(r["worker_ns_per_packet"]))
+    return t
+
+
+def rep_ratios(t, size, variant, refs, i, better):
+    """Per repetition, value i (0 pps, 1 ns/packet) of variant over the reference's: refs'
+    better one by better (max, min) in that repetition; repetitions missing one or with a
+    value of 0 (no packets) are left out."""
+    out = []
+    for rep, v in sorted(t.get((size, variant), {}).items()):
+        ref = [t.get((size, r), {}).get(rep) for r in refs]
+        if None in ref:
+            continue
+        b = better(x[i] for x in ref)
+        if b > 0 and v[i] > 0:
+            out.append(v[i] / b)
+    return out
+
+
+def ratio_cells(ratios):
+    """The cells of per-repetition ratios: "median (min..max)" and "mean [95% CI]"."""
+    n = len(ratios)
+    if not n:
+        return ["-", "-"]
+    spread = f"{med(ratios):.2f} ({min(ratios):.2f}..{max(ratios):.2f})"
+    mean = statistics.fmean(ratios)
+    if n < 2:
+        return [spread, f"{mean:.2f} [-]"]
+    h = T975[min(n - 1, len(T975)) - 1] * statistics.stdev(ratios) / math.sqrt(n)
+    return [spread, f"{mean:.2f} [{mean - h:.2f}, {mean + h:.2f}]"]
+
+
+def ratio_table(runs, mode):
+    """Per (size, pair): the ratios of the repetitions, of packets/s and of worker
+    ns/packet."""
+    t = by_rep(runs, mode)
+    out = ["| size | pair | reps | packets/s ratio, median (min..max) | packets/s ratio, mean "
+           "[95% CI] | ns/packet ratio (lower is better), median (min..max) | ns/packet ratio "
+           "(lower is better), mean [95% CI] |",
+           "| --- | --- | --- | --- | --- | --- | --- |"]
+    for s in sorted({s for s, _ in t}):
+        for variant, refs, label in PAIRS:
+            pps = rep_ratios(t, s, variant, refs, 0, max)
+            cpu = rep_ratios(t, s, variant, refs, 1, min)
+            out.append(f"| {s} B | {label} | {len(pps)} | " +
+                       " | ".join(ratio_cells(pps) + ratio_cells(cpu)) + " |")
+    return out
 
 
 def table(t, mode):
@@ -199,6 +276,57 @@ def targets(tx, timers, resets):
     return out
 
 
+def header_order(facts):
+    """The header's words on the variants' order and its seed."""
+    seed = facts.get("seed", "not recorded")
+    cells = len(facts["order"])
+    if not cells:
+        return ("the four variants alternated within each (mode, size) cell (their order: "
+                f"not recorded; seed: {seed})")
+    return (f"the four variants alternated within each (mode, size) cell, in a random order "
+            f"per cell (seed {seed}, `VNZC_BENCH_SEED`; the {cells} cells' orders are raw.txt's "
+            "`# order` lines)")
+
+
+def header_load(facts):
+    """The header's line of the load averages."""
+    if not facts["load"]:
+        return "- load (/proc/loadavg of the host and of the benchmark VM): not recorded"
+    return ("- load (/proc/loadavg: 1, 5, 15 min, runnable/threads; \"host\": the machine's, "
+            "the others the benchmark VM's): " +
+            "; ".join(f"{when} {' '.join(avg[:4])}" for when, avg in facts["load"]))
+
+
+def reset_rows(resets, facts):
+    """The rows of the reset table, and the note on stock's rows below it."""
+    rows, stock = [], []
+    for d in resets:
+        if d["variant"] == "zc-zc":
+            ok = float(d["max_ms"]) <= int(d["timeout_ms"]) + 10
+            rows.append(f"| vhost-net-zc | {d['frames']} | {d['timeout_ms']} | "
+                        f"{d['rounds']} | {d['p50_ms']} | {d['p99_ms']} | {d['max_ms']} | "
+                        f"{'met' if ok else 'missed'} |")
+        elif int(d["blocked_by_plug"]):
+            stock.append(d)
+            rows.append(f"| stock, zero-copy | {d['frames']} | - | {d['rounds']} | blocked | "
+                        f"blocked | blocked | blocked until the plug was released, in "
+                        f"{d['blocked_by_plug']} of {d['rounds']} resets |")
+        else:
+            rows.append(f"| stock, zero-copy | {d['frames']} | - | {d['rounds']} | "
+                        f"{d['p50_ms']} | {d['p99_ms']} | {d['max_ms']} | - |")
+    note = []
+    if stock:
+        wd = facts.get("watchdog")
+        wd = (f"the watchdog released it after {wd.split()[0]} ms" if wd else
+              "the watchdog's release time is not recorded in this raw.txt")
+        note = ["", "Stock vhost-net's reset does not return while the plug holds its buffers: "
+                f"in the rows above, it blocked until the plug was released ({wd}), so its "
+                "times are the watchdog's, not a latency of the reset (the call returned at "
+                "most " + ", ".join(f"{d['max_ms']} ms at K = {d['frames']}" for d in stock) +
+                " after it was made)."]
+    return rows, note
+
+
 def main():
     raw, outdir = sys.argv[1], sys.argv[2]
     facts, runs, timers, resets = parse(raw)
@@ -210,17 +338,29 @@ def main():
          "the ratios within one run are the result",
          f"- kernel configuration: the benchmark variant (`.config.bench`: "
          f"{facts.get('config', '?')})",
-         f"- run: {facts.get('date', '?')}, {reps} repetitions, the four variants "
-         "alternated within each, medians with (min-max)",
-         "- CPU per packet: the vhost worker thread's time (its /proc stat), divided by the "
-         "packets", ""]
+         f"- run: {facts.get('date', '?')}, {reps} repetitions, {header_order(facts)}; "
+         "medians with (min-max)",
+         header_load(facts),
+         "- CPU per packet: the run time of the device's worker thread (the one named "
+         "vhost-<pid> of the benchmark process, its schedstat), divided by the packets; "
+         "reports before 2026-12-07 summed every thread whose name began with vhost-, the "
+         "benchmark's own included",
+         "- ratios per repetition: in each repetition r, ratio_r = vhost-net-zc's value / "
+         "stock's, both of the same cell; their median with (min..max), and their mean with "
+         "its 95% confidence interval (t-distribution, n - 1 degrees of freedom). Packets/s: "
+         "higher is better (above 1.00 vhost-net-zc is faster); worker ns/packet: lower is "
+         "better (below 1.00 vhost-net-zc spends less CPU per packet). \"the better of "
+         "stock\": in each repetition, the higher packets/s of stock's copy and zero-copy "
+         "variants (for ns/packet, the lower)", ""]
     r += ["## TX", "", "The userspace guest posts its whole ring, kicks once, and reposts "
           "what comes back; frames go through a bridge to a dummy device, which frees them "
           "(no local delivery). 65000 B is one TCP segment marked for GSO.", ""]
     r += table(tx, "tx") + [""]
+    r += ["Ratios per repetition, TX:", ""] + ratio_table(runs, "tx") + [""]
     r += ["## RX", "", "A packet socket writes frames into the tap's queue as fast as it "
           "can; the guest keeps its ring full.", ""]
     r += table(rx, "rx") + [""]
+    r += ["Ratios per repetition, RX:", ""] + ratio_table(runs, "rx") + [""]
     r += ["![vhost-net-zc over stock, packets/s](chart.svg)", ""]
     if timers:
         q = med([float(t["per_queue_timer_ns_per_packet"]) for t in timers])
@@ -253,18 +393,8 @@ def main():
               "of a queue in flight.", "",
               "| device | K | T, ms | resets | p50, ms | p99, ms | max, ms | target |",
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for d in resets:
-            if d["variant"] == "zc-zc":
-                ok = float(d["max_ms"]) <= int(d["timeout_ms"]) + 10
-                r.append(f"| vhost-net-zc | {d['frames']} | {d['timeout_ms']} | "
-                         f"{d['rounds']} | {d['p50_ms']} | {d['p99_ms']} | {d['max_ms']} | "
-                         f"{'met' if ok else 'missed'} |")
-            else:
-                r.append(f"| stock, zero-copy | {d['frames']} | - | {d['rounds']} | "
-                         f"{d['p50_ms']} | {d['p99_ms']} | {d['max_ms']} | blocked until "
-                         f"the plug was released (watchdog 1 s) in {d['blocked_by_plug']} of "
-                         f"{d['rounds']} |")
-        r.append("")
+        rows, note = reset_rows(resets, facts)
+        r += rows + note + [""]
     r += targets(tx, timers, resets)
     with open(f"{outdir}/report.md", "w") as f:
         f.write("\n".join(r) + "\n")

@@ -26,11 +26,16 @@ vnzc_log "module for $(basename "$(dirname "$kdir")") built in $build"
 
 results=$VNZC_ROOT/.results/bench-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$results"
+# The host's load around the VM (its 2 CPUs run the VM's): anything else running on the
+# host shows here, next to the VM's own load lines.
+host_load_before=$(cat /proc/loadavg)
 timeout -k 10 "${VNZC_BENCH_TIMEOUT:-3600}" bash "$VNZC_ROOT/scripts/vm.sh" "$kdir" \
-	"VNZC_BENCH_REPS=${VNZC_BENCH_REPS:-5} VNZC_BENCH_SECONDS=${VNZC_BENCH_SECONDS:-3} VNZC_BENCH_ROUNDS=${VNZC_BENCH_ROUNDS:-20} VNZC_BENCH_SIZES='${VNZC_BENCH_SIZES:-64 1500 65000}' bash $VNZC_ROOT/samples/bench_vm.sh $results $kdir $build/vhost_net_zc.ko" \
+	"VNZC_BENCH_REPS=${VNZC_BENCH_REPS:-5} VNZC_BENCH_SECONDS=${VNZC_BENCH_SECONDS:-3} VNZC_BENCH_ROUNDS=${VNZC_BENCH_ROUNDS:-20} VNZC_BENCH_SEED=${VNZC_BENCH_SEED:-1} VNZC_BENCH_SIZES='${VNZC_BENCH_SIZES:-64 1500 65000}' bash $VNZC_ROOT/samples/bench_vm.sh $results $kdir $build/vhost_net_zc.ko" \
 	2>"$results/vm.stderr" | cat >"$results/console.log"
 grep -q '^BENCH_DONE' "$results/raw.txt" 2>/dev/null ||
 	vnzc_die "the benchmarks did not finish; see $results/console.log"
+printf 'load: host, before the VM: %s\nload: host, after the VM: %s\n' \
+	"$host_load_before" "$(cat /proc/loadavg)" >>"$results/raw.txt"
 python3 "$VNZC_ROOT/scripts/bench-report.py" "$results/raw.txt" "$results"
 out=$VNZC_ROOT/bench/results
 mkdir -p "$out"
