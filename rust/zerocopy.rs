@@ -419,7 +419,31 @@ impl Pool {
         }
     }
 
-    /// Frees a pool whose last reference was dropped, and drops its module reference.
+    /// Drops a reference in process context, where the device lets go of the pool (its
+    /// release): the last one frees the pool and drops its module reference before this
+    /// returns, an RCU grace period later, so that the module can be unloaded as soon as
+    /// the VMM has closed its last device, as stock vhost-net can. Returns whether it was
+    /// the last. A buffer's reference, dropped where the stack frees the skb, goes through
+    /// [`Pool::put`] instead.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns one reference of `(*pool).refs`, does not use `pool` afterwards, and
+    /// may sleep.
+    unsafe fn put_sync(pool: *const Pool) -> bool {
+        // SAFETY: The caller's reference keeps the pool alive.
+        if !unsafe { &*pool }.refs.dec_and_test() {
+            return false;
+        }
+        // Readers that found the pool before the last reference went have left it.
+        rcu::synchronize_rcu();
+        // SAFETY: No reference is left, and no reader (the grace period above).
+        unsafe { Self::free_now(pool) };
+        true
+    }
+
+    /// Frees a pool whose last reference was dropped, from the RCU callback that
+    /// [`Pool::put`] queued.
     ///
     /// # Safety
     ///
@@ -427,10 +451,22 @@ impl Pool {
     unsafe extern "C" fn free(head: *mut kb::callback_head) {
         // SAFETY: `head` is the `rcu` field of a `Pool` (function contract).
         let pool = unsafe { kernel::container_of!(Opaque::cast_from(head), Pool, rcu) };
+        // SAFETY: The callback runs after a grace period, with no reference left.
+        unsafe { Self::free_now(pool) };
+    }
+
+    /// Frees a pool and drops its module reference.
+    ///
+    /// # Safety
+    ///
+    /// `pool` has no references left and no RCU reader may still look at it.
+    unsafe fn free_now(pool: *const Pool) {
         // SAFETY: The pool was leaked from a `KBox` by `new()` and nothing references it.
         drop(unsafe { KBox::from_raw(pool.cast_mut()) });
         // SAFETY: The reference `new()` took. The module's exit waits for RCU callbacks
-        // (`rcu_barrier()`), so this function finishes before the module's text is freed.
+        // (`rcu_barrier()`), so a callback calling this finishes before the module's text
+        // is freed; a caller in process context runs in a file operation of the module,
+        // whose file holds another reference.
         unsafe { kb::module_put(crate::LocalModule::THIS_MODULE.as_ptr()) };
     }
 
@@ -687,8 +723,9 @@ impl Pool {
 
 impl Drop for StatsRef {
     fn drop(&mut self) {
-        // SAFETY: `self` owns one reference and is not used again.
-        unsafe { Pool::put(self.pool.as_ptr()) };
+        // SAFETY: `self` owns one reference and is not used again; the debugfs file holding
+        // it is removed in the device's release, which may sleep.
+        unsafe { Pool::put_sync(self.pool.as_ptr()) };
     }
 }
 
@@ -727,10 +764,7 @@ impl PoolRef {
 impl Drop for PoolRef {
     fn drop(&mut self) {
         self.stop_timer();
-        if !self.waker.xchg(core::ptr::null_mut(), Full).is_null() {
-            // Completions that still found the virtqueue have left it before it goes.
-            rcu::synchronize_rcu();
-        }
+        let had_waker = !self.waker.xchg(core::ptr::null_mut(), Full).is_null();
         let left = self.inflight();
         if left != 0 {
             pr_info!(
@@ -738,7 +772,13 @@ impl Drop for PoolRef {
                 left
             );
         }
-        // SAFETY: `self` owns one reference and is not used again.
-        unsafe { Pool::put(self.pool.as_ptr()) };
+        // SAFETY: `self` owns one reference and is not used again; the owner lets go of the
+        // pool in the device's release, which may sleep.
+        let freed = unsafe { Pool::put_sync(self.pool.as_ptr()) };
+        if had_waker && !freed {
+            // Completions that still found the virtqueue have left it before it goes (when
+            // the pool was freed, its grace period covered them).
+            rcu::synchronize_rcu();
+        }
     }
 }

@@ -14,6 +14,8 @@
  * - load_unload_cycles: 100 loads and unloads (VNZC_CYCLES; make soak does 1,000); every
  *   tenth with a device closed while its skbs are still in the plugged qdisc: the module
  *   must refuse to go (EWOULDBLOCK) until the stack has released them, then go.
+ * - unload_right_after_close: a device used and closed, the module unloaded at once, 20
+ *   times: nothing of a closed device outlives its close() unless an skb holds it.
  *
  * Bounds are for the 2-CPU TCG virtual machine under the debug kernel (KASAN, lockdep),
  * where one reset of a few buffers takes milliseconds: a reset may take 5 s, a drain 20 s.
@@ -338,6 +340,47 @@ TEST_F_TIMEOUT(scale, load_unload_cycles, 1800)
 	EXPECT_EQ(0, ko_load(fd)) TH_LOG("the module could not be loaded again");
 	close(fd);
 	EXPECT_EQ((CYCLES + HELD_EVERY - 1) / HELD_EVERY, busy);
+}
+
+/*
+ * The module unloads as soon as the VMM's last device is closed, as stock vhost-net's
+ * does: close() returns with every reference of the device's dropped (not an RCU grace
+ * period later), when no skb holds a buffer. Each round uses a device as a VMM does (worker,
+ * memory table, backend, a frame sent zero-copy to the free port and completed), closes
+ * it and unloads at once, without retrying.
+ */
+TEST_F_TIMEOUT(scale, unload_right_after_close, 600)
+{
+	enum { ROUNDS = 20 };
+	const char *ko = getenv("VNZC_KO");
+	struct vhost_net_zc_stats s;
+	int fd, r;
+
+	if (!ko)
+		SKIP(return, "VNZC_KO (the module's path, to load it) is not set");
+	fd = open(ko, O_RDONLY | O_CLOEXEC);
+	ASSERT_LE(0, fd) TH_LOG("%s: %m", ko);
+	ASSERT_EQ(0, write_text(KUNIT_GLOB, "vhost_net_zc_none"));
+	/* The fixture has just closed a device of its own. */
+	r = ko_unload();
+	ASSERT_EQ(0, r) TH_LOG("the module could not be unloaded to begin: %s", strerror(-r));
+	for (int i = 0; i < ROUNDS; i++) {
+		struct vg_guest g;
+
+		r = ko_load(fd);
+		ASSERT_EQ(0, r) TH_LOG("round %d: load: %s", i, strerror(-r));
+		ASSERT_EQ(0, vg_open(&g, "/dev/vhost-net-zc", 1 << 20));
+		ASSERT_EQ(0, vg_setup(&g, FEATURES, RING));
+		ASSERT_EQ(0, vg_set_backend(&g, VG_TX, self->e.tap_fd));
+		ASSERT_LE(0, send_frame(&g, mac_free, ZC_LEN, i, NULL));
+		ASSERT_TRUE(ZC_WAIT_FOR(&g, s, s.sent_zerocopy == 1 && s.completed == 1, 5000));
+		vg_close(&g);
+		r = ko_unload();
+		ASSERT_EQ(0, r) TH_LOG("round %d: unload right after close: %s", i, strerror(-r));
+	}
+	EXPECT_EQ(0, write_text(KUNIT_GLOB, "*.*"));
+	EXPECT_EQ(0, ko_load(fd)) TH_LOG("the module could not be loaded again");
+	close(fd);
 }
 
 TEST_HARNESS_MAIN
