@@ -11,6 +11,7 @@
 //! call. Without `CONFIG_TRACEPOINTS` the functions do nothing. `dev` is the device's number
 //! (the `<n>` of its debugfs directory `<tgid>-<n>`), `slot` its buffer's slot in the pool.
 
+#[cfg(CONFIG_TRACEPOINTS)]
 use crate::ffi::bindings;
 
 /// Defines a safe function `$name` that fires the tracepoint `$key` when it is enabled.
