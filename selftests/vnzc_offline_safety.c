@@ -161,6 +161,43 @@ FIXTURE_TEARDOWN(safe)
  */
 enum { K = 8, ROUNDS = 150 };
 
+/*
+ * The first half of an offline round: posts K frames from @page[i] (their bytes kept in
+ * @orig, their heads in @heads), waits until every one went zero-copy into the plugged
+ * qdisc, lets their 1 ms deadline pass and takes the TX backend away, the reset that
+ * offlines them.
+ */
+static void send_expire_reset(struct __test_metadata *_metadata, struct vg_guest *g,
+			      uint8_t *hdrs, uint8_t *const page[K], uint8_t orig[K][ZC_LEN],
+			      int r, int heads[K])
+{
+	struct vhost_net_zc_stats s;
+	uint64_t base;
+
+	ASSERT_EQ(0, zc_stats(g, &s));
+	base = s.sent_zerocopy;
+	for (int i = 0; i < K; i++) {
+		heads[i] = post_at(g, hdrs + i * 64, page[i], mac_held, r * K + i);
+		ASSERT_LE(0, heads[i]);
+		memcpy(orig[i], page[i], ZC_LEN);
+	}
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
+	ASSERT_EQ(base + K, s.sent_zerocopy) TH_LOG("round %d: some frames were copied", r);
+	usleep(2000);	/* past the 1 ms deadline */
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+}
+
+/* How many of the @n used ids in @ids are among the K heads in @heads. */
+static int heads_seen(const uint32_t *ids, int n, const int heads[K])
+{
+	int seen = 0;
+
+	for (int i = 0; i < K; i++)
+		for (int j = 0; j < n; j++)
+			seen += ids[j] == (uint32_t)heads[i];
+	return seen;
+}
+
 struct pages_work {
 	uint8_t *page[K];
 	atomic_bool stop;
@@ -263,27 +300,13 @@ TEST_F_TIMEOUT(safe, preserve_concurrent_access, 600)
 	ASSERT_EQ(0, pthread_create(&th[2], NULL, gup_loop, &w));
 	for (int r = 0; r < ROUNDS; r++) {
 		uint32_t ids[2 * K];
-		int heads[K], seen = 0, n;
-		uint64_t base;
+		int heads[K], n;
 
-		ASSERT_EQ(0, zc_stats(g, &s));
-		base = s.sent_zerocopy;
-		for (int i = 0; i < K; i++) {
-			heads[i] = post_at(g, hdrs + i * 64, w.page[i], mac_held, r * K + i);
-			ASSERT_LE(0, heads[i]);
-			memcpy(orig[i], w.page[i], ZC_LEN);
-		}
-		ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
-		ASSERT_EQ(base + K, s.sent_zerocopy) TH_LOG("round %d: some frames were copied", r);
-		usleep(2000);	/* past the 1 ms deadline */
-		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+		send_expire_reset(_metadata, g, hdrs, w.page, orig, r, heads);
 		n = reap_all(g, ids, K, 2000);
 		n += reap_all(g, ids + n, 2 * K - n, 20);
-		for (int i = 0; i < K; i++)
-			for (int j = 0; j < n; j++)
-				seen += ids[j] == (uint32_t)heads[i];
 		ASSERT_EQ(K, n) TH_LOG("round %d: %d heads returned", r, n);
-		ASSERT_EQ(K, seen);
+		ASSERT_EQ(K, heads_seen(ids, n, heads));
 		for (int i = 0; i < K; i++) {
 			ASSERT_EQ(0, memcmp(w.page[i], orig[i], ZC_LEN))
 				TH_LOG("round %d: frame %d changed", r, i);
@@ -1229,20 +1252,9 @@ TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
 	ASSERT_EQ(0, pthread_create(&th, NULL, dio_loop, &w));
 	for (int r = 0; r < DIO_ROUNDS; r++) {
 		uint32_t ids[2 * K];
-		int heads[K], seen = 0, n, m;
-		uint64_t base;
+		int heads[K], n, m;
 
-		ASSERT_EQ(0, zc_stats(g, &s));
-		base = s.sent_zerocopy;
-		for (int i = 0; i < K; i++) {
-			heads[i] = post_at(g, hdrs + i * 64, w.page[i], mac_held, r * K + i);
-			ASSERT_LE(0, heads[i]);
-			memcpy(orig[i], w.page[i], ZC_LEN);
-		}
-		ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.sent_zerocopy + s.sent_copy >= base + K, 5000));
-		ASSERT_EQ(base + K, s.sent_zerocopy) TH_LOG("round %d: some frames were copied", r);
-		usleep(2000);	/* past the 1 ms deadline */
-		ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+		send_expire_reset(_metadata, g, hdrs, w.page, orig, r, heads);
 		n = reap_all(g, ids, K, 500);
 		for (int i = 0; i < K; i++) {
 			ASSERT_EQ(0, memcmp(w.page[i], orig[i], ZC_LEN))
@@ -1255,11 +1267,8 @@ TEST_F_TIMEOUT(safe, preserve_odirect_reads, 600)
 		m = reap_all(g, ids + n, 2 * K - n, K - n ? 2000 : 20);
 		m += reap_all(g, ids + n + m, 2 * K - n - m, 20);
 		ASSERT_EQ(0, plug_nl(nl, ifindex, TCQ_PLUG_BUFFER));
-		for (int i = 0; i < K; i++)
-			for (int j = 0; j < n + m; j++)
-				seen += ids[j] == (uint32_t)heads[i];
 		ASSERT_EQ(K, n + m) TH_LOG("round %d: %d + %d heads returned", r, n, m);
-		ASSERT_EQ(K, seen);
+		ASSERT_EQ(K, heads_seen(ids, n + m, heads));
 		returned += n;
 		completed += m;
 	}
