@@ -12,6 +12,8 @@ export PATH="/usr/lib/llvm-19/bin:$HOME/.cargo/bin:$PATH"
 # pip-installed commands (virtme-ng) where Python comes from pyenv, even in a shell that did
 # not read ~/.bashrc.
 [ -d "$HOME/.pyenv/shims" ] && PATH="$PATH:$HOME/.pyenv/shims"
+# virtme-ng installed in a virtual environment by scripts/setup-host.sh (plain Debian 12).
+PATH="$PATH:$VNZC_CACHE/bin"
 export LIBCLANG_PATH=/usr/lib/llvm-19/lib
 export LLVM=1
 

@@ -18,6 +18,9 @@ if ! rustfmt --check --edition 2021 --config-path "$kdir/.rustfmt.toml" "${files
 	vnzc_die "rustfmt: the crate is not formatted (run: rustfmt --config-path $kdir/.rustfmt.toml rust/*.rs)"
 fi
 vnzc_log "rustfmt clean"
+# Debian 12's own Rust toolchain (rustc-web, see setup-host.sh) has no clippy.
+command -v clippy-driver >/dev/null ||
+	vnzc_die "clippy-driver not found: the lint gate needs clippy, which rustup's toolchain has and Debian 12 does not package"
 if ! bash "$VNZC_ROOT/scripts/build-module.sh" CLIPPY=1 W=e; then
 	vnzc_die "clippy / W=e build failed"
 fi

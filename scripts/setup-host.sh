@@ -76,40 +76,80 @@ EOT
 APT_PKGS=(clang-19 lld-19 llvm-19 libclang-19-dev flex bison bc libelf-dev libssl-dev
 	  cpio rsync kmod patch busybox-static iproute2 udev python3-pip python3-venv dwarves zstd xz-utils
 	  make gcc libc6-dev pkg-config file qemu-system-x86 dkms dh-dkms debhelper shellcheck
-	  dh-exec python3-docutils lintian gcc-multilib)
+	  dh-exec python3-docutils lintian gcc-multilib procps)
 
-install_apt() {
-	local missing=() p
-	for p in "${APT_PKGS[@]}"; do
+# install_pkgs SUITE PACKAGE...: installs those of the packages that are missing, from
+# SUITE where it has them (-t), else from the host's own suites.
+install_pkgs() {
+	local suite=$1 missing=() p
+	shift
+	for p in "$@"; do
 		[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == *'ok installed' ]] ||
 			missing+=("$p")
 	done
 	if [ "${#missing[@]}" -gt 0 ]; then
 		log "installing: ${missing[*]}"
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${suite:+-t "$suite"} \
 			--no-install-recommends "${missing[@]}" >/dev/null
 	fi
 }
 
+install_apt() {
+	install_pkgs bookworm-backports "${APT_PKGS[@]}"
+}
+
+# The Rust toolchain. Where rustup is installed (this project's build machines), its
+# toolchain with rust-src. On a plain Debian 12 host without rustup, Debian's own current
+# toolchain: rustc-web, cargo-web, rust-web-src and rustfmt-web (bookworm keeps them current
+# through its security updates for the browsers; 7.3 needs a newer rustc than bookworm's
+# rustc 1.63). They put the library source where the kernel looks for it,
+# $(rustc --print sysroot)/lib/rustlib/src/rust. Debian 12 has no clippy: the lint step
+# of `make check` needs rustup's and says so.
+RUST_WEB_PKGS=(rustc-web cargo-web rust-web-src rustfmt-web)
+
 install_rust() {
 	export PATH="$HOME/.cargo/bin:$PATH"
-	command -v rustup >/dev/null || { log "rustup not found: this host needs the Rust toolchain"; exit 1; }
-	if ! grep -q '^rust-src' <<<"$(rustup component list --installed 2>/dev/null)"; then
-		log "rustup component add rust-src"
-		rustup component add rust-src >/dev/null
+	if command -v rustup >/dev/null; then
+		if ! grep -q '^rust-src' <<<"$(rustup component list --installed 2>/dev/null)"; then
+			log "rustup component add rust-src"
+			rustup component add rust-src >/dev/null
+		fi
+	else
+		install_pkgs "" "${RUST_WEB_PKGS[@]}"
 	fi
+	local src
+	src=$(rustc --print sysroot)/lib/rustlib/src/rust/library/core/src/lib.rs
+	[ -f "$src" ] || { log "rustc $(rustc --version) has no library source ($src)"; exit 1; }
 	if ! command -v bindgen >/dev/null; then
 		log "cargo install bindgen-cli (a few minutes)"
 		LIBCLANG_PATH=/usr/lib/llvm-19/lib cargo install bindgen-cli --locked --quiet
 	fi
 }
 
+# virtme-ng, where its vng is not on PATH already: with pip into the Python that python3
+# is, where that Python lets pip install (a pyenv or self-built Python); where it does not
+# (Debian 12's own Python is marked EXTERNALLY-MANAGED, PEP 668), in a virtual environment
+# beside the kernel cache, its commands linked into $VNZC_CACHE/bin, which scripts/lib.sh
+# puts on PATH.
 install_vng() {
+	local cache=${VNZC_CACHE:-$HOME/.cache/vhost-net-zc} c stdlib
 	[ -d "$HOME/.pyenv/shims" ] && PATH="$PATH:$HOME/.pyenv/shims"
-	if ! command -v vng >/dev/null; then
+	PATH="$PATH:$cache/bin"
+	command -v vng >/dev/null && return
+	stdlib=$(python3 -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
+	if [ ! -e "$stdlib/EXTERNALLY-MANAGED" ]; then
 		log "pip install virtme-ng"
-		pip install --quiet --root-user-action=ignore virtme-ng
+		python3 -m pip install --quiet --root-user-action=ignore virtme-ng
+		return
 	fi
+	log "pip install virtme-ng (in $cache/vng: $stdlib is EXTERNALLY-MANAGED)"
+	python3 -m venv "$cache/vng"
+	"$cache/vng/bin/pip" install --quiet virtme-ng
+	mkdir -p "$cache/bin"
+	for c in "$cache"/vng/bin/vng "$cache"/vng/bin/virtme-*; do
+		[ -e "$c" ] && ln -sf "$c" "$cache/bin/"
+	done
+	command -v vng >/dev/null || { log "virtme-ng installed, but vng is missing"; exit 1; }
 }
 
 install_sphinx() {
