@@ -282,6 +282,39 @@ static int ko_load_path(const char *ko)
 	return r;
 }
 
+/*
+ * The module file VNZC_KO names, open for finit_module(), with the module's KUnit suites
+ * kept from running at each load (they ran at its first); -errno if it cannot be opened.
+ */
+static int ko_open(const char *ko)
+{
+	int fd = open(ko, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return -errno;
+	if (write_text(KUNIT_GLOB, "vhost_net_zc_none")) {
+		close(fd);
+		return -EIO;
+	}
+	return fd;
+}
+
+/* Loads the module from @fd once more, its KUnit suites on again, as the suite found it. */
+static void ko_restore(struct __test_metadata *_metadata, int fd)
+{
+	EXPECT_EQ(0, write_text(KUNIT_GLOB, "*.*"));
+	EXPECT_EQ(0, ko_load(fd)) TH_LOG("the module could not be loaded again");
+	close(fd);
+}
+
+/* A device set up as a VMM sets one up: owner, memory, rings, TX on @tap. */
+static void vmm_device(struct __test_metadata *_metadata, struct vg_guest *g, int tap)
+{
+	ASSERT_EQ(0, vg_open(g, "/dev/vhost-net-zc", 1 << 20));
+	ASSERT_EQ(0, vg_setup(g, FEATURES, RING));
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, tap));
+}
+
 TEST_F_TIMEOUT(scale, load_unload_cycles, 1800)
 {
 	/* make soak: 1,000 (about 0.5 s each under TCG); the suite: 100. */
@@ -294,10 +327,8 @@ TEST_F_TIMEOUT(scale, load_unload_cycles, 1800)
 
 	if (!ko)
 		SKIP(return, "VNZC_KO (the module's path, to load it) is not set");
-	fd = open(ko, O_RDONLY | O_CLOEXEC);
-	ASSERT_LE(0, fd) TH_LOG("%s: %m", ko);
-	/* The module's KUnit suites ran at its first load; not a thousand times more. */
-	ASSERT_EQ(0, write_text(KUNIT_GLOB, "vhost_net_zc_none"));
+	fd = ko_open(ko);
+	ASSERT_LE(0, fd) TH_LOG("%s: %s", ko, strerror(-fd));
 	ASSERT_EQ(0, ko_unload()) TH_LOG("the module could not be unloaded to begin");
 	t0 = now_ms();
 	for (int c = 0; c < CYCLES; c++) {
@@ -311,9 +342,7 @@ TEST_F_TIMEOUT(scale, load_unload_cycles, 1800)
 			continue;
 		}
 		/* A device closed with its buffers still held by the plugged qdisc. */
-		ASSERT_EQ(0, vg_open(&g, "/dev/vhost-net-zc", 1 << 20));
-		ASSERT_EQ(0, vg_setup(&g, FEATURES, RING));
-		ASSERT_EQ(0, vg_set_backend(&g, VG_TX, self->e.tap_fd));
+		vmm_device(_metadata, &g, self->e.tap_fd);
 		for (int k = 0; k < 2; k++)
 			ASSERT_LE(0, send_frame(&g, mac_held, ZC_LEN, c + k, NULL));
 		ASSERT_TRUE(ZC_WAIT_FOR(&g, s, s.in_flight == 2, 5000));
@@ -336,9 +365,7 @@ TEST_F_TIMEOUT(scale, load_unload_cycles, 1800)
 	}
 	TH_LOG("%d load/unload cycles in %ld ms; %ld refused while skbs were held, longest wait for their release %ld ms",
 	       CYCLES, now_ms() - t0, busy, longest_drain);
-	EXPECT_EQ(0, write_text(KUNIT_GLOB, "*.*"));
-	EXPECT_EQ(0, ko_load(fd)) TH_LOG("the module could not be loaded again");
-	close(fd);
+	ko_restore(_metadata, fd);
 	EXPECT_EQ((CYCLES + HELD_EVERY - 1) / HELD_EVERY, busy);
 }
 
@@ -358,9 +385,8 @@ TEST_F_TIMEOUT(scale, unload_right_after_close, 600)
 
 	if (!ko)
 		SKIP(return, "VNZC_KO (the module's path, to load it) is not set");
-	fd = open(ko, O_RDONLY | O_CLOEXEC);
-	ASSERT_LE(0, fd) TH_LOG("%s: %m", ko);
-	ASSERT_EQ(0, write_text(KUNIT_GLOB, "vhost_net_zc_none"));
+	fd = ko_open(ko);
+	ASSERT_LE(0, fd) TH_LOG("%s: %s", ko, strerror(-fd));
 	/* The fixture has just closed a device of its own. */
 	r = ko_unload();
 	ASSERT_EQ(0, r) TH_LOG("the module could not be unloaded to begin: %s", strerror(-r));
@@ -369,18 +395,14 @@ TEST_F_TIMEOUT(scale, unload_right_after_close, 600)
 
 		r = ko_load(fd);
 		ASSERT_EQ(0, r) TH_LOG("round %d: load: %s", i, strerror(-r));
-		ASSERT_EQ(0, vg_open(&g, "/dev/vhost-net-zc", 1 << 20));
-		ASSERT_EQ(0, vg_setup(&g, FEATURES, RING));
-		ASSERT_EQ(0, vg_set_backend(&g, VG_TX, self->e.tap_fd));
+		vmm_device(_metadata, &g, self->e.tap_fd);
 		ASSERT_LE(0, send_frame(&g, mac_free, ZC_LEN, i, NULL));
 		ASSERT_TRUE(ZC_WAIT_FOR(&g, s, s.sent_zerocopy == 1 && s.completed == 1, 5000));
 		vg_close(&g);
 		r = ko_unload();
 		ASSERT_EQ(0, r) TH_LOG("round %d: unload right after close: %s", i, strerror(-r));
 	}
-	EXPECT_EQ(0, write_text(KUNIT_GLOB, "*.*"));
-	EXPECT_EQ(0, ko_load(fd)) TH_LOG("the module could not be loaded again");
-	close(fd);
+	ko_restore(_metadata, fd);
 }
 
 TEST_HARNESS_MAIN
