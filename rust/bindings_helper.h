@@ -31,6 +31,8 @@ const unsigned int VNZC_VHOST_SET_VRING_NUM = VHOST_SET_VRING_NUM;
 const unsigned int VNZC_VHOST_SET_VRING_BASE = VHOST_SET_VRING_BASE;
 const unsigned int VNZC_VHOST_SET_VRING_ADDR = VHOST_SET_VRING_ADDR;
 const unsigned int VNZC_VIRTIO_FEATURES_U64S = VIRTIO_FEATURES_U64S;
+/* The virtio-net header with a UDP tunnel GSO feature (both directions), as stock 7.3. */
+const unsigned int VNZC_NET_HDR_TUNNEL_LEN = sizeof(struct virtio_net_hdr_v1_hash_tunnel);
 const unsigned int VNZC_EPOLLIN = (__force unsigned int)EPOLLIN;
 const unsigned int VNZC_EPOLLOUT = (__force unsigned int)EPOLLOUT;
 

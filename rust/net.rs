@@ -226,10 +226,15 @@ pub(crate) fn return_completed(vq: &NetVq<'_>, pool: &Pool, ledger: &mut Ledger)
     }
 }
 
-/// Length of the virtio-net header in the guest's buffers: the larger header with
-/// `VIRTIO_F_VERSION_1` or mergeable RX buffers.
+/// Length of the virtio-net header in the guest's buffers: the tunnel header with a UDP
+/// tunnel GSO feature, else the larger header with `VIRTIO_F_VERSION_1` or mergeable RX
+/// buffers, as stock vhost-net.
 fn net_hdr_len(vq: &NetVq<'_>) -> usize {
-    if vq.has_feature(crate::ffi::bindings::VIRTIO_F_VERSION_1)
+    if vq.has_feature(uapi::VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO)
+        || vq.has_feature(uapi::VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO)
+    {
+        uapi::NET_HDR_TUNNEL_LEN
+    } else if vq.has_feature(crate::ffi::bindings::VIRTIO_F_VERSION_1)
         || vq.has_feature(crate::ffi::bindings::VIRTIO_NET_F_MRG_RXBUF)
     {
         size_of::<crate::ffi::bindings::virtio_net_hdr_mrg_rxbuf>()

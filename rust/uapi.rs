@@ -74,14 +74,15 @@ const fn bit(nr: u32) -> u64 {
     1u64 << nr
 }
 
-/// The virtio features this device offers to a VMM.
+/// The virtio features of word 0 (bits 0..63) this device offers to a VMM.
 ///
-/// The vhost core's generic set (`VHOST_FEATURES` in `vhost.h`) plus the net header and
-/// mergeable RX buffers. Left out on purpose, so never advertised:
+/// The vhost core's generic set (`VHOST_FEATURES` in `vhost.h`) plus the net header,
+/// mergeable RX buffers and the per-queue reset (a queue's backend is detached, its ring
+/// laid out again and the backend attached, which the device handles like any backend
+/// change). Left out on purpose, so never advertised:
 /// - `VIRTIO_F_ACCESS_PLATFORM` (device IOTLB): the IOTLB message channel needs `poll` on the
 ///   device file, which the Rust `MiscDevice` does not offer;
-/// - `VIRTIO_F_IN_ORDER`: zero-copy completions are returned out of order by design;
-/// - `VIRTIO_F_RING_RESET` and the UDP tunnel GSO bits: not implemented.
+/// - `VIRTIO_F_IN_ORDER`: zero-copy completions are returned out of order by design.
 pub(crate) const NET_FEATURES: u64 = bit(b::VIRTIO_F_NOTIFY_ON_EMPTY)
     | bit(b::VIRTIO_RING_F_INDIRECT_DESC)
     | bit(b::VIRTIO_RING_F_EVENT_IDX)
@@ -89,7 +90,24 @@ pub(crate) const NET_FEATURES: u64 = bit(b::VIRTIO_F_NOTIFY_ON_EMPTY)
     | bit(b::VIRTIO_F_ANY_LAYOUT)
     | bit(b::VIRTIO_F_VERSION_1)
     | bit(b::VHOST_NET_F_VIRTIO_NET_HDR)
-    | bit(b::VIRTIO_NET_F_MRG_RXBUF);
+    | bit(b::VIRTIO_NET_F_MRG_RXBUF)
+    | bit(b::VIRTIO_F_RING_RESET);
+
+/// The virtio features of word 1 (bits 64..127): the UDP tunnel GSO offloads, as stock 7.3
+/// offers them. The device only needs their header length
+/// ([`NET_HDR_TUNNEL_LEN`]); the offloads themselves are the backend's.
+pub(crate) const NET_FEATURES_WORD1: u64 =
+    bit(b::VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO - 64) | bit(b::VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO - 64);
+
+/// Feature bit: the guest takes UDP tunnel GSO packets (word 1).
+pub(crate) const VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO: u32 = b::VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO;
+
+/// Feature bit: the device takes UDP tunnel GSO packets from the guest (word 1).
+pub(crate) const VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO: u32 = b::VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO;
+
+/// Length of `struct virtio_net_hdr_v1_hash_tunnel`, the header once a UDP tunnel GSO
+/// feature is acknowledged.
+pub(crate) const NET_HDR_TUNNEL_LEN: usize = b::VNZC_NET_HDR_TUNNEL_LEN as usize;
 
 /// The vhost backend features this device offers: none yet (no IOTLB, see [`NET_FEATURES`]).
 pub(crate) const BACKEND_FEATURES: u64 = 0;
@@ -109,12 +127,12 @@ pub(crate) fn features_from_u64(word0: u64) -> [u64; FEATURE_WORDS] {
     words
 }
 
-/// The feature words returned by `VHOST_GET_FEATURES_ARRAY`: only word 0 has bits.
+/// The feature words returned by `VHOST_GET_FEATURES_ARRAY`: words 0 and 1 have bits.
 pub(crate) const fn feature_word(index: usize) -> u64 {
-    if index == 0 {
-        NET_FEATURES
-    } else {
-        0
+    match index {
+        0 => NET_FEATURES,
+        1 => NET_FEATURES_WORD1,
+        _ => 0,
     }
 }
 
@@ -131,16 +149,20 @@ mod tests {
             b::VIRTIO_NET_F_MRG_RXBUF,
             b::VHOST_NET_F_VIRTIO_NET_HDR,
             b::VHOST_F_LOG_ALL,
+            b::VIRTIO_F_RING_RESET,
         ] {
             assert_ne!(NET_FEATURES & bit(nr), 0);
         }
-        for nr in [
-            b::VIRTIO_F_ACCESS_PLATFORM,
-            b::VIRTIO_F_IN_ORDER,
-            b::VIRTIO_F_RING_RESET,
-        ] {
+        for nr in [b::VIRTIO_F_ACCESS_PLATFORM, b::VIRTIO_F_IN_ORDER] {
             assert_eq!(NET_FEATURES & bit(nr), 0);
         }
+        let words = [NET_FEATURES, NET_FEATURES_WORD1];
+        assert!(has_feature(&words, VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO));
+        assert!(has_feature(&words, VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO));
+        // The checksum variants of the tunnel offloads: not offered by stock 7.3 either.
+        assert!(!has_feature(&words, VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO + 1));
+        assert!(!has_feature(&words, VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO + 1));
+        assert_eq!(NET_HDR_TUNNEL_LEN, 24);
     }
 
     #[test]
@@ -157,7 +179,8 @@ mod tests {
     #[test]
     fn feature_words() {
         assert_eq!(feature_word(0), NET_FEATURES);
-        assert_eq!(feature_word(1), 0);
+        assert_eq!(feature_word(1), NET_FEATURES_WORD1);
+        assert_eq!(feature_word(2), 0);
         assert_eq!(feature_word(FEATURE_WORDS), 0);
         assert_eq!(feature_word(usize::MAX), 0);
     }

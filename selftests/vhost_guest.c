@@ -144,6 +144,16 @@ int vg_set_features(struct vg_guest *g, uint64_t features)
 	return vg_ioctl(g->fd, VHOST_SET_FEATURES, &features);
 }
 
+int vg_set_features_array(struct vg_guest *g, const uint64_t *words, unsigned int n)
+{
+	uint64_t arg[1 + VG_FEATURE_WORDS] = { n };
+
+	if (n > VG_FEATURE_WORDS)
+		return -EINVAL;
+	memcpy(&arg[1], words, n * sizeof(*words));
+	return vg_ioctl(g->fd, VHOST_SET_FEATURES_ARRAY, arg);
+}
+
 int vg_set_mem_table(struct vg_guest *g)
 {
 	struct {
@@ -206,6 +216,22 @@ int vg_setup_vq(struct vg_guest *g, unsigned int idx, unsigned int num)
 		return r;
 	file.fd = vq->err_fd;
 	return vg_ioctl(g->fd, VHOST_SET_VRING_ERR, &file);
+}
+
+int vg_reset_vq(struct vg_guest *g, unsigned int idx)
+{
+	struct vg_vq *vq = &g->vq[idx];
+	struct vhost_vring_state state = { .index = idx };
+	int r = vg_ioctl(g->fd, VHOST_GET_VRING_BASE, &state);
+
+	if (r)
+		return r;
+	close(vq->kick_fd);
+	close(vq->call_fd);
+	close(vq->err_fd);
+	vq->kick_fd = vq->call_fd = vq->err_fd = -1;
+	vq->avail_idx = vq->last_used = vq->next_desc = 0;
+	return vg_setup_vq(g, idx, vq->num);
 }
 
 int vg_set_backend(struct vg_guest *g, unsigned int idx, int fd)

@@ -61,8 +61,17 @@ uint64_t vg_gpa(const struct vg_guest *g, const void *hva);
 int vg_get_features(struct vg_guest *g, uint64_t *features);
 int vg_set_owner(struct vg_guest *g);
 int vg_set_features(struct vg_guest *g, uint64_t features);
+/* VHOST_SET_FEATURES_ARRAY with the @n (at most VG_FEATURE_WORDS) words @words. */
+#define VG_FEATURE_WORDS 2
+int vg_set_features_array(struct vg_guest *g, const uint64_t *words, unsigned int n);
 int vg_set_mem_table(struct vg_guest *g);
 int vg_setup_vq(struct vg_guest *g, unsigned int idx, unsigned int num);
+/*
+ * A per-queue reset as a VMM does it for VIRTIO_F_RING_RESET, with the queue's backend
+ * already detached: reads the ring base, then lays out a new, empty ring of the same size
+ * in fresh guest memory with new eventfds. Returns 0 or -errno.
+ */
+int vg_reset_vq(struct vg_guest *g, unsigned int idx);
 int vg_set_backend(struct vg_guest *g, unsigned int idx, int fd);
 /* Owner, features, mem table and both virtqueues. */
 int vg_setup(struct vg_guest *g, uint64_t features, unsigned int num);

@@ -240,21 +240,28 @@ TEST_F(net, rx_byte_exact)
 	}
 }
 
-/* A frame spread over several mergeable buffers, with num_buffers set in the header. */
-TEST_F(net, rx_mergeable)
+/*
+ * With the feature words @words (mergeable RX buffers among them): a frame of @flen bytes
+ * behind the backend's @hdr_len byte header is spread over three 512-byte buffers, with
+ * num_buffers set in the header.
+ */
+static void rx_mergeable_hdr(struct __test_metadata *_metadata, struct _test_data_net *self,
+			     const uint64_t *words, size_t hdr_len, size_t flen)
 {
-	const uint64_t features = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_NET_F_MRG_RXBUF);
 	struct sockaddr_ll to = {
 		.sll_family = AF_PACKET,
 		.sll_protocol = htons(TEST_ETHERTYPE),
 		.sll_halen = 6,
 	};
-	const size_t flen = 1514, blen = 512;
+	const size_t blen = 512;
 	uint8_t *buf[4], frame[1514], got[4 * 512];
-	int heads[4];
+	int heads[4], r;
 	size_t off = 0;
 
-	ASSERT_EQ(0, vg_set_features(&self->g, features));
+	ASSERT_LT(2 * blen, hdr_len + flen);
+	ASSERT_GE(3 * blen, hdr_len + flen);
+	r = vg_set_features_array(&self->g, words, VG_FEATURE_WORDS);
+	ASSERT_EQ(0, r) TH_LOG("features: %s", strerror(-r));
 	to.sll_ifindex = self->ifindex;
 	ATTACH(VG_RX);
 	for (int i = 0; i < 4; i++) {
@@ -271,20 +278,29 @@ TEST_F(net, rx_mergeable)
 	make_frame(frame, flen, 7);
 	ASSERT_EQ((ssize_t)flen, sendto(self->pkt, frame, flen, 0, (struct sockaddr *)&to,
 					sizeof(to)));
-	/* 12 + 1514 bytes: two full buffers and 502 bytes of the third, in order. */
+	/* Two full buffers and the rest in the third, in order. */
 	for (int i = 0; i < 3; i++) {
 		uint32_t id, len;
 
 		ASSERT_EQ(1, wait_used(&self->g, VG_RX, &id, &len)) TH_LOG("buffer %d", i);
 		EXPECT_EQ((uint32_t)heads[i], id);
-		EXPECT_EQ(i < 2 ? blen : HDR_LEN + flen - 2 * blen, len);
+		EXPECT_EQ(i < 2 ? blen : hdr_len + flen - 2 * blen, len);
 		memcpy(got + off, buf[i], len);
 		off += len;
 	}
-	EXPECT_EQ(HDR_LEN + flen, off);
+	EXPECT_EQ(hdr_len + flen, off);
 	/* num_buffers, little endian for a VERSION_1 device. */
 	EXPECT_EQ(3, got[10] | got[11] << 8);
-	EXPECT_EQ(0, memcmp(got + HDR_LEN, frame, flen));
+	EXPECT_EQ(0, memcmp(got + hdr_len, frame, flen));
+}
+
+TEST_F(net, rx_mergeable)
+{
+	const uint64_t words[VG_FEATURE_WORDS] = {
+		(1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_NET_F_MRG_RXBUF),
+	};
+
+	rx_mergeable_hdr(_metadata, self, words, HDR_LEN, 1514);
 }
 
 static bool page_logged(const uint8_t *bitmap, uint64_t gpa)
@@ -403,6 +419,30 @@ TEST_F(net, rx_batch_kept_across_backend_change)
 		expect_rx(_metadata, self, frames[i], 300);
 }
 
+/* Sends one @len byte frame from the guest and checks it on the wire, byte-exact. */
+static void expect_tx(struct __test_metadata *_metadata, struct _test_data_net *self,
+		      size_t len, unsigned int seed)
+{
+	uint8_t *hdr = vg_alloc(&self->g, HDR_LEN, 8);
+	uint8_t *frame = vg_alloc(&self->g, len, 8);
+	void *bufs[2] = { hdr, frame };
+	uint32_t lens[2] = { HDR_LEN, len }, id, used_len;
+	uint8_t got[2048];
+	int head;
+
+	ASSERT_NE(NULL, frame);
+	memset(hdr, 0, HDR_LEN);
+	make_frame(frame, len, seed);
+	/* Not to the macvtap's own address, which bridge mode would loop back to it. */
+	frame[5] = 0x03;
+	head = vg_post(&self->g, VG_TX, bufs, lens, 2, false);
+	ASSERT_LE(0, head);
+	ASSERT_EQ((ssize_t)len, recv(self->pkt, got, sizeof(got), 0));
+	EXPECT_EQ(0, memcmp(got, frame, len));
+	ASSERT_EQ(1, wait_used(&self->g, VG_TX, &id, &used_len));
+	EXPECT_EQ((uint32_t)head, id);
+}
+
 /* With VHOST_SET_VRING_BUSYLOOP_TIMEOUT on both queues, TX and RX still move every byte. */
 TEST_F(net, busy_poll)
 {
@@ -414,42 +454,71 @@ TEST_F(net, busy_poll)
 	ATTACH(VG_RX);
 	ATTACH(VG_TX);
 	for (int round = 0; round < 4; round++) {
-		uint8_t *hdr = vg_alloc(&self->g, HDR_LEN, 8);
-		uint8_t *frame = vg_alloc(&self->g, 1000, 8);
-		void *bufs[2] = { hdr, frame };
-		uint32_t lens[2] = { HDR_LEN, 1000 }, id, len;
-		uint8_t got[2048];
-		int head;
-
-		ASSERT_NE(NULL, frame);
-		memset(hdr, 0, HDR_LEN);
-		make_frame(frame, 1000, 60 + round);
-		frame[5] = 0x03;
-		head = vg_post(&self->g, VG_TX, bufs, lens, 2, false);
-		ASSERT_LE(0, head);
-		ASSERT_EQ(1000, recv(self->pkt, got, sizeof(got), 0));
-		EXPECT_EQ(0, memcmp(got, frame, 1000));
-		ASSERT_EQ(1, wait_used(&self->g, VG_TX, &id, &len));
-		EXPECT_EQ((uint32_t)head, id);
-
+		expect_tx(_metadata, self, 1000, 60 + round);
 		ASSERT_EQ(0, send_rx_frames(self, &frames[round], 1, 700, 80 + round));
 		expect_rx(_metadata, self, frames[round], 700);
 	}
 }
 
 /*
- * VHOST_NET_F_VIRTIO_NET_HDR with a tap that has no vnet header: vhost drops the guest's
- * header on TX and writes one (no offloads) on RX.
+ * VIRTIO_F_RING_RESET: each queue in turn is reset the way QEMU resets one queue (backend
+ * detached, ring base read, a new ring laid out in new memory, backend attached again)
+ * while the other queue carries traffic. Afterwards both move frames byte-exact, with
+ * heads of the new ring, and a frame that reached the tap while the RX queue was down
+ * arrives in the new RX ring.
  */
-TEST_F(net, vhost_supplies_net_hdr)
+TEST_F(net, ring_reset)
 {
-	const uint64_t features = (1ULL << VIRTIO_F_VERSION_1) |
-				  (1ULL << VHOST_NET_F_VIRTIO_NET_HDR);
+	const uint64_t features = (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_F_RING_RESET);
+	static uint8_t frames[2][1514];
+	int r = vg_set_features(&self->g, features);
+
+	ASSERT_EQ(0, r) TH_LOG("VIRTIO_F_RING_RESET refused: %s", strerror(-r));
+	ATTACH(VG_RX);
+	ATTACH(VG_TX);
+	for (unsigned int round = 0; round < 6; round++) {
+		unsigned int q = round % 2 ? VG_RX : VG_TX;
+
+		expect_tx(_metadata, self, 1000, 10 * round);
+		ASSERT_EQ(0, send_rx_frames(self, &frames[0], 1, 700, 10 * round + 1));
+		expect_rx(_metadata, self, frames[0], 700);
+
+		ASSERT_EQ(0, vg_set_backend(&self->g, q, -1));
+		/* The other queue runs while this one is down. */
+		if (q == VG_TX) {
+			ASSERT_EQ(0, send_rx_frames(self, &frames[0], 1, 600, 10 * round + 2));
+			expect_rx(_metadata, self, frames[0], 600);
+		} else {
+			expect_tx(_metadata, self, 900, 10 * round + 2);
+			/* Kept by the tap until the new ring has buffers. */
+			ASSERT_EQ(0, send_rx_frames(self, &frames[1], 1, 500, 10 * round + 3));
+		}
+		r = vg_reset_vq(&self->g, q);
+		ASSERT_EQ(0, r) TH_LOG("reset of queue %u: %s", q, strerror(-r));
+		ATTACH(q);
+		if (q == VG_RX)
+			expect_rx(_metadata, self, frames[1], 500);
+
+		expect_tx(_metadata, self, 1200, 10 * round + 4);
+		ASSERT_EQ(0, send_rx_frames(self, &frames[0], 1, 800, 10 * round + 5));
+		expect_rx(_metadata, self, frames[0], 800);
+	}
+}
+
+/*
+ * VHOST_NET_F_VIRTIO_NET_HDR with a tap that has no vnet header, and the feature words
+ * @words: vhost drops the guest's @hdr_len byte header on TX and writes one of zeroes (no
+ * offloads) on RX.
+ */
+static void vhost_hdr_roundtrip(struct __test_metadata *_metadata, struct _test_data_net *self,
+				const struct _fixture_variant_net *variant,
+				const uint64_t *words, size_t hdr_len)
+{
 	struct sockaddr_ll sll = { .sll_family = AF_PACKET };
 	struct ifreq ifr = { .ifr_flags = IFF_TAP | IFF_NO_PI };
-	uint8_t *hdr, *frame, *buf, got[2048], zero[HDR_LEN] = { 0 };
+	uint8_t *hdr, *frame, *buf, got[2048], zero[sizeof(struct virtio_net_hdr)] = { 0 };
 	uint32_t id, len, lens[2];
-	int tap, pkt, head;
+	int tap, pkt, head, r;
 	void *bufs[2];
 
 	if (variant->macvtap) {
@@ -469,20 +538,22 @@ TEST_F(net, vhost_supplies_net_hdr)
 		sll.sll_ifindex = if_nametoindex(ifr.ifr_name);
 		ASSERT_EQ(0, bind(pkt, (struct sockaddr *)&sll, sizeof(sll)));
 	}
-	ASSERT_EQ(0, vg_set_features(&self->g, features));
+	r = vg_set_features_array(&self->g, words, VG_FEATURE_WORDS);
+	ASSERT_EQ(0, r) TH_LOG("features %#llx %#llx: %s", (unsigned long long)words[0],
+			       (unsigned long long)words[1], strerror(-r));
 	ASSERT_EQ(0, vg_set_backend(&self->g, VG_TX, tap));
 	ASSERT_EQ(0, vg_set_backend(&self->g, VG_RX, tap));
 
 	/* TX: the guest's header does not reach the tap. */
-	hdr = vg_alloc(&self->g, HDR_LEN, 8);
+	hdr = vg_alloc(&self->g, hdr_len, 8);
 	frame = vg_alloc(&self->g, 600, 8);
 	ASSERT_NE(NULL, frame);
-	memset(hdr, 0x5a, HDR_LEN);	/* garbage: vhost must not pass it on */
+	memset(hdr, 0x5a, hdr_len);	/* garbage: vhost must not pass it on */
 	make_frame(frame, 600, 90);
 	frame[5] = 0x03;
 	bufs[0] = hdr;
 	bufs[1] = frame;
-	lens[0] = HDR_LEN;
+	lens[0] = hdr_len;
 	lens[1] = 600;
 	head = vg_post(&self->g, VG_TX, bufs, lens, 2, false);
 	ASSERT_LE(0, head);
@@ -492,11 +563,11 @@ TEST_F(net, vhost_supplies_net_hdr)
 	EXPECT_EQ((uint32_t)head, id);
 
 	/* RX: vhost writes a header of zeroes before the frame. */
-	buf = vg_alloc(&self->g, HDR_LEN + 1514, 8);
+	buf = vg_alloc(&self->g, hdr_len + 1514, 8);
 	ASSERT_NE(NULL, buf);
-	memset(buf, 0xee, HDR_LEN + 1514);
+	memset(buf, 0xee, hdr_len + 1514);
 	bufs[0] = buf;
-	lens[0] = HDR_LEN + 1514;
+	lens[0] = hdr_len + 1514;
 	head = vg_post(&self->g, VG_RX, bufs, lens, 1, true);
 	ASSERT_LE(0, head);
 	make_frame(got, 500, 91);
@@ -504,10 +575,13 @@ TEST_F(net, vhost_supplies_net_hdr)
 	ASSERT_EQ(500, sendto(pkt, got, 500, 0, (struct sockaddr *)&sll, sizeof(sll)));
 	ASSERT_EQ(1, wait_used(&self->g, VG_RX, &id, &len));
 	EXPECT_EQ((uint32_t)head, id);
-	EXPECT_EQ(HDR_LEN + 500, len);
-	/* struct virtio_net_hdr; num_buffers is only written with mergeable buffers. */
+	EXPECT_EQ(hdr_len + 500, len);
+	/*
+	 * struct virtio_net_hdr; as in stock, num_buffers is only written with mergeable
+	 * buffers, and the rest of a longer header is left as the guest had it.
+	 */
 	EXPECT_EQ(0, memcmp(buf, zero, sizeof(struct virtio_net_hdr)));
-	EXPECT_EQ(0, memcmp(buf + HDR_LEN, got, 500));
+	EXPECT_EQ(0, memcmp(buf + hdr_len, got, 500));
 
 	EXPECT_EQ(0, vg_set_backend(&self->g, VG_TX, -1));
 	EXPECT_EQ(0, vg_set_backend(&self->g, VG_RX, -1));
@@ -515,6 +589,55 @@ TEST_F(net, vhost_supplies_net_hdr)
 		close(pkt);
 		close(tap);
 	}
+}
+
+TEST_F(net, vhost_supplies_net_hdr)
+{
+	const uint64_t words[VG_FEATURE_WORDS] = {
+		(1ULL << VIRTIO_F_VERSION_1) | (1ULL << VHOST_NET_F_VIRTIO_NET_HDR),
+	};
+
+	vhost_hdr_roundtrip(_metadata, self, variant, words, HDR_LEN);
+}
+
+/*
+ * With a UDP tunnel GSO feature of word 1, the header is struct
+ * virtio_net_hdr_v1_hash_tunnel (24 bytes, as in stock 7.3): vhost strips and writes that
+ * many bytes, for the guest's (GUEST_) and the host's (HOST_) direction alike.
+ */
+TEST_F(net, udp_tunnel_hdr_vhost)
+{
+	static const unsigned int bits[] = {
+		VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO, VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO,
+	};
+
+	for (unsigned int i = 0; i < ARRAY_SIZE(bits); i++) {
+		uint64_t words[VG_FEATURE_WORDS] = {
+			(1ULL << VIRTIO_F_VERSION_1) | (1ULL << VHOST_NET_F_VIRTIO_NET_HDR),
+		};
+
+		words[bits[i] / 64] |= 1ULL << (bits[i] % 64);
+		vhost_hdr_roundtrip(_metadata, self, variant, words,
+				    sizeof(struct virtio_net_hdr_v1_hash_tunnel));
+	}
+}
+
+/*
+ * The same with the header from the backend (a tap or macvtap with a 24-byte vnet header):
+ * vhost sizes the guest's mergeable buffers for it. A frame whose 24 + 1006 bytes need a
+ * third 512-byte buffer (where 12 + 1006 would fit in two) arrives whole.
+ */
+TEST_F(net, udp_tunnel_hdr_backend)
+{
+	int hdr = sizeof(struct virtio_net_hdr_v1_hash_tunnel);
+	uint64_t words[VG_FEATURE_WORDS] = {
+		(1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_NET_F_MRG_RXBUF),
+	};
+
+	words[VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO / 64] |=
+		1ULL << (VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO % 64);
+	ASSERT_EQ(0, ioctl(self->tap_fd, TUNSETVNETHDRSZ, &hdr));
+	rx_mergeable_hdr(_metadata, self, words, hdr, 1006);
 }
 
 TEST_HARNESS_MAIN

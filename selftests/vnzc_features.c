@@ -26,7 +26,12 @@
 static const uint64_t zc_features =
 	B(VIRTIO_F_NOTIFY_ON_EMPTY) | B(VIRTIO_RING_F_INDIRECT_DESC) |
 	B(VIRTIO_RING_F_EVENT_IDX) | B(VHOST_F_LOG_ALL) | B(VIRTIO_F_ANY_LAYOUT) |
-	B(VIRTIO_F_VERSION_1) | B(VHOST_NET_F_VIRTIO_NET_HDR) | B(VIRTIO_NET_F_MRG_RXBUF);
+	B(VIRTIO_F_VERSION_1) | B(VHOST_NET_F_VIRTIO_NET_HDR) | B(VIRTIO_NET_F_MRG_RXBUF) |
+	B(VIRTIO_F_RING_RESET);
+
+/* Feature word 1: the UDP tunnel GSO offloads, as stock 7.3 offers them. */
+static const uint64_t zc_features_word1 =
+	B(VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO - 64) | B(VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO - 64);
 
 /* Never offered: the device IOTLB (no poll on the file) and in-order completion. */
 static const uint64_t zc_never = B(VIRTIO_F_ACCESS_PLATFORM) | B(VIRTIO_F_IN_ORDER);
@@ -90,13 +95,42 @@ TEST_F(dev, get_features_array)
 	EXPECT_EQ(plain, buf[1]);
 	EXPECT_EQ(0xa5a5a5a5a5a5a5a5ULL, buf[2]);
 
-	/* count 4: words past the kernel's are zeroed, as stock does. */
+	/* count 4: word 1, then words past the kernel's are zeroed, as stock does. */
 	memset(buf, 0xa5, sizeof(buf));
 	buf[0] = 4;
 	ASSERT_EQ(0, ioctl_errno(self->zc, VHOST_GET_FEATURES_ARRAY, buf));
 	EXPECT_EQ(plain, buf[1]);
-	for (int i = 2; i < 5; i++)
+	EXPECT_EQ(zc_features_word1, buf[2]);
+	for (int i = 3; i < 5; i++)
 		EXPECT_EQ(0ULL, buf[i]);
+}
+
+/*
+ * Every feature word and the backend features, against stock 7.3's: never a bit stock does
+ * not offer, and of stock's bits exactly the documented ones missing
+ * (Documentation/admin-guide.rst, "Features"): the device IOTLB (ACCESS_PLATFORM and the
+ * backend's IOTLB_MSG_V2) and IN_ORDER.
+ */
+TEST_F(dev, offered_sets)
+{
+	const uint64_t missing[2] = { zc_never, 0 };
+	uint64_t zc[1 + 2] = { 2 }, stock[1 + 2] = { 2 }, zb = ~0ULL, sb = ~0ULL;
+
+	ASSERT_EQ(0, ioctl_errno(self->zc, VHOST_GET_FEATURES_ARRAY, zc));
+	ASSERT_EQ(0, ioctl_errno(self->stock, VHOST_GET_FEATURES_ARRAY, stock));
+	for (int w = 0; w < 2; w++) {
+		TH_LOG("word %d: vhost-net-zc %#llx, stock vhost-net %#llx", w,
+		       (unsigned long long)zc[1 + w], (unsigned long long)stock[1 + w]);
+		EXPECT_EQ(0ULL, zc[1 + w] & ~stock[1 + w]);
+		EXPECT_EQ(missing[w], stock[1 + w] & ~zc[1 + w]);
+	}
+	EXPECT_EQ(zc_features, zc[1]);
+	EXPECT_EQ(zc_features_word1, zc[2]);
+
+	ASSERT_EQ(0, ioctl_errno(self->zc, VHOST_GET_BACKEND_FEATURES, &zb));
+	ASSERT_EQ(0, ioctl_errno(self->stock, VHOST_GET_BACKEND_FEATURES, &sb));
+	EXPECT_EQ(0ULL, zb & ~sb);
+	EXPECT_EQ(B(VHOST_BACKEND_F_IOTLB_MSG_V2), sb & ~zb);
 }
 
 TEST_F(dev, get_features_array_faults)

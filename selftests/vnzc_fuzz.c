@@ -929,8 +929,8 @@ static unsigned int hdr_len_of(uint64_t f)
 /*
  * Documented differences (Documentation/admin-guide.rst, "Features"; vnzc_abi
  * documented_differences): stock offers, vhost-net-zc refuses with EOPNOTSUPP,
- *   VIRTIO_F_ACCESS_PLATFORM and VHOST_BACKEND_F_IOTLB_MSG_V2 (device IOTLB),
- *   VIRTIO_F_IN_ORDER, VIRTIO_F_RING_RESET, the UDP tunnel GSO bits (feature word 1);
+ *   VIRTIO_F_ACCESS_PLATFORM and VHOST_BACKEND_F_IOTLB_MSG_V2 (device IOTLB) and
+ *   VIRTIO_F_IN_ORDER;
  * and GET_FEATURES / GET_BACKEND_FEATURES answer different values (only errnos are
  * compared). Accepting ACCESS_PLATFORM also turns on stock's IOTLB, which changes the
  * later answers of SET_VRING_ADDR and SET_BACKEND, so the differential sequences never
@@ -938,8 +938,7 @@ static unsigned int hdr_len_of(uint64_t f)
  */
 static uint64_t diff_feature_mask(void)
 {
-	return (1ULL << VIRTIO_F_ACCESS_PLATFORM) | (1ULL << VIRTIO_F_IN_ORDER) |
-	       (1ULL << VIRTIO_F_RING_RESET);
+	return (1ULL << VIRTIO_F_ACCESS_PLATFORM) | (1ULL << VIRTIO_F_IN_ORDER);
 }
 
 /* Random feature bits: mostly offered ones, sometimes bits nobody offers. */
