@@ -31,7 +31,10 @@ fetch_source() {
 	deb=$(ls "$dl"/"${VNZC_KPKG}_${ver/*:/}"_all.deb 2>/dev/null || true)
 	if [ -z "$deb" ]; then
 		vnzc_log "downloading $VNZC_KPKG $ver"
-		(cd "$dl" && chmod 777 . && apt-get download -q "$VNZC_KPKG=$ver" >/dev/null)
+		# The cache is under a home _apt cannot enter: download as root without
+		# apt's sandbox user (it warns otherwise).
+		(cd "$dl" && apt-get download -q -o APT::Sandbox::User=root \
+			"$VNZC_KPKG=$ver" >/dev/null)
 		deb=$(ls "$dl"/"${VNZC_KPKG}"_*_all.deb | head -n 1)
 	fi
 	rm -rf "$top/pkg" "$kdir" "$top/.patched"

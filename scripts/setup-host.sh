@@ -167,8 +167,9 @@ install_sphinx() {
 	local lv=${VNZC_CACHE:-$HOME/.cache/vhost-net-zc}/libvirt
 	if [ ! -f "$lv/usr/share/libvirt/schemas/domain.rng" ]; then
 		log "libvirt's domain schema (apt-get download libvirt0)"
-		rm -rf "$lv" && mkdir -p "$lv/deb" && chmod 777 "$lv/deb"
-		(cd "$lv/deb" && apt-get download -q libvirt0 >/dev/null 2>&1)
+		rm -rf "$lv" && mkdir -p "$lv/deb"
+		(cd "$lv/deb" && apt-get download -q -o APT::Sandbox::User=root libvirt0 \
+			>/dev/null 2>&1)
 		dpkg -x "$lv"/deb/libvirt0_*.deb "$lv"
 	fi
 }
