@@ -45,6 +45,7 @@ use crate::{
     uapi,
     vhost::{
         self,
+        Chain,
         DevGuard,
         Driver,
         Limits,
@@ -213,16 +214,68 @@ fn busy_poll(rvq: &NetVq<'_>, tvq: &NetVq<'_>, poll_rx: bool) -> bool {
 
 /// Returns the zero-copy buffers the network stack has released to the guest.
 pub(crate) fn return_completed(vq: &NetVq<'_>, pool: &Pool, ledger: &mut Ledger) {
-    let mut heads = [0u16; 64];
-    loop {
-        let n = pool.reap(ledger, &mut heads);
-        if n == 0 {
-            break;
+    let mut batch = UsedBatch::new();
+    batch.reap(vq, pool, ledger);
+    batch.flush(vq);
+}
+
+/// Most TX heads returned to the guest in one used-ring update.
+const USED_BATCH: usize = 64;
+
+/// TX heads done with (copied, dropped, or released by the network stack), returned to the
+/// guest together: one used-ring update, and at most one signal, per [`USED_BATCH`] heads
+/// instead of per packet. The handler flushes it before it sleeps or busy-polls.
+struct UsedBatch {
+    heads: [u16; USED_BATCH],
+    len: usize,
+}
+
+impl UsedBatch {
+    const fn new() -> Self {
+        Self {
+            heads: [0; USED_BATCH],
+            len: 0,
         }
-        vq.add_used_heads_and_signal(&heads[..n]);
-        if n < heads.len() {
-            break;
+    }
+
+    /// Adds the head of `chain`, writing the batch out first if it is full.
+    fn push(&mut self, vq: &NetVq<'_>, chain: &Chain) {
+        let Ok(head) = u16::try_from(chain.head) else {
+            // Not a head of a ring (at most 32768 entries): the vhost core never gives one.
+            vq.add_used_and_signal(chain, 0);
+            return;
+        };
+        if self.len == USED_BATCH {
+            self.flush(vq);
         }
+        if let Some(slot) = self.heads.get_mut(self.len) {
+            *slot = head;
+            self.len += 1;
+        }
+    }
+
+    /// Adds every zero-copy head the network stack has released, writing out full batches.
+    fn reap(&mut self, vq: &NetVq<'_>, pool: &Pool, ledger: &mut Ledger) {
+        loop {
+            if self.len == USED_BATCH {
+                self.flush(vq);
+            }
+            let Some(free) = self.heads.get_mut(self.len..) else {
+                return;
+            };
+            self.len += pool.reap(ledger, free);
+            if self.len < USED_BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Writes the batch to the used ring and signals the guest if it wants it.
+    fn flush(&mut self, vq: &NetVq<'_>) {
+        if let Some(heads) = self.heads.get(..self.len).filter(|h| !h.is_empty()) {
+            vq.add_used_heads_and_signal(heads);
+        }
+        self.len = 0;
     }
 }
 
@@ -370,9 +423,10 @@ fn handle_rx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>) {
 ///
 /// A packet of at least `copy_threshold` bytes goes zero-copy when the socket takes it, the
 /// ring has room for another buffer in flight (a quarter of it, at most
-/// [`zerocopy::MAX_PEND`](crate::zerocopy::MAX_PEND)), and zero copy has been paying off
-/// (see [`Ledger::worth_zerocopy`]); its head is returned when the network stack releases
-/// it. Every other packet is copied and its head returned at once.
+/// [`zerocopy::MAX_PEND`](crate::zerocopy::MAX_PEND); buffers the stack has released are
+/// reaped first when that limit is reached), and zero copy has been paying off (see
+/// [`Ledger::worth_zerocopy`]); its head is returned when the network stack releases it.
+/// Every other packet is copied and its head returned with the next [`UsedBatch`].
 fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     let mut ledger = pool.ledger();
     return_completed(vq, pool, &mut ledger);
@@ -404,11 +458,13 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
         pool.attach(&vq.waker());
     }
     let (mut packets, mut bytes) = (0usize, 0usize);
+    let mut used = UsedBatch::new();
     loop {
         let mut next = vq.get_desc();
         let mut interrupted = false;
         if matches!(next, Ok(None)) && vq.busyloop_timeout() != 0 {
-            return_completed(vq, pool, &mut ledger);
+            used.reap(vq, pool, &mut ledger);
+            used.flush(vq);
             if let Some(rvq) = dev.try_vq(RX as u32) {
                 interrupted = busy_poll(&rvq, vq, false);
             }
@@ -442,6 +498,10 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             break;
         };
         let slot = if zerocopy && payload >= threshold && ledger.worth_zerocopy() {
+            if ledger.holding() >= limit {
+                // Count only what the stack still holds: reap what it has released.
+                used.reap(vq, pool, &mut ledger);
+            }
             let mut pages = [BufPage::default(); MAX_PAGES];
             let head = u16::try_from(chain.head).ok();
             buffer_pages(&iov, hdr, &mut pages)
@@ -470,7 +530,7 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
                     pool.cancel(&mut ledger, slot);
                 }
                 vhost::debug(c"TX: send failed (errno)", e.to_errno() as isize, 0);
-                vq.add_used_and_signal(&chain, 0);
+                used.push(vq, &chain);
             }
             (Ok(sent), slot) => {
                 if sent != payload {
@@ -480,7 +540,7 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
                     Some(slot) => pool.sent(&mut ledger, slot),
                     None => {
                         ledger.count_copy();
-                        vq.add_used_and_signal(&chain, 0);
+                        used.push(vq, &chain);
                     }
                 }
             }
@@ -491,8 +551,9 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             break;
         }
     }
-    // Completions that came while sending (the socket may complete at once).
-    return_completed(vq, pool, &mut ledger);
+    // With the completions that came while sending (the socket may complete at once).
+    used.reap(vq, pool, &mut ledger);
+    used.flush(vq);
 }
 
 /// The base pages of the buffer `iov` past its first `skip` bytes (the header vhost

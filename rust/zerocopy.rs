@@ -287,9 +287,9 @@ impl Pool {
         if ledger.holding() >= limit || pages.len() > MAX_PAGES {
             return None;
         }
-        let index = (0..MAX_PEND).find(|&i| {
-            let (w, m) = bit(i);
-            ledger.busy[w] & m == 0
+        let index = ledger.busy.iter().enumerate().find_map(|(w, busy)| {
+            let free = !busy;
+            (free != 0).then(|| w * 64 + free.trailing_zeros() as usize)
         })?;
         let (w, m) = bit(index);
         ledger.busy[w] |= m;

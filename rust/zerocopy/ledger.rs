@@ -159,7 +159,7 @@ impl Ledger {
 
     /// Reserved slots whose heads the guest has not had back: what counts against the
     /// limit of buffers in flight (an offlined buffer's head is the guest's again).
-    pub(super) fn holding(&self) -> usize {
+    pub(crate) fn holding(&self) -> usize {
         self.busy
             .iter()
             .zip(&self.stale)
