@@ -12,6 +12,11 @@
 #include <linux/mmap_lock.h>
 #include <linux/moduleparam.h>
 #include <linux/net.h>
+#include <linux/page_frag_cache.h>
+#include <linux/skbuff.h>
+#include <linux/slab.h>
+#include <linux/uio.h>
+#include <linux/virtio_net.h>
 #include <linux/if_vlan.h>
 #include <linux/if_tap.h>
 #include <linux/if_tun.h>
@@ -128,6 +133,151 @@ int vnzc_sock_family(struct socket *sock)
 bool vnzc_sock_zerocopy(struct socket *sock)
 {
 	return sock_flag(sock->sk, SOCK_ZEROCOPY);
+}
+
+bool vnzc_sock_sndbuf_unlimited(struct socket *sock)
+{
+	return READ_ONCE(sock->sk->sk_sndbuf) == INT_MAX;
+}
+
+bool vnzc_sock_xdp(struct socket *sock)
+{
+	return sock_flag(sock->sk, SOCK_XDP);
+}
+
+/*
+ * The TX copy batch: frames copied out of the guest into page fragments, handed to a tap
+ * or macvtap up to VNZC_TXBATCH_MAX at a time with one sendmsg(TUN_MSG_PTR), which builds
+ * each skb around its fragment (build_skb()) instead of allocating and copying again.
+ * Used only by the TX handler, under the TX virtqueue's mutex.
+ */
+struct vnzc_txbatch {
+	struct page_frag_cache frags;
+	unsigned int len;
+	struct xdp_buff frames[VNZC_TXBATCH_MAX];
+};
+
+struct vnzc_txbatch *vnzc_txbatch_new(void)
+{
+	struct vnzc_txbatch *b = kzalloc(sizeof(*b), GFP_KERNEL);
+
+	if (b)
+		page_frag_cache_init(&b->frags);
+	return b;
+}
+
+/* Frees the frames never handed over. */
+void vnzc_txbatch_clear(struct vnzc_txbatch *b)
+{
+	for (unsigned int i = 0; i < b->len; i++)
+		page_frag_free(b->frames[i].data_hard_start);
+	b->len = 0;
+}
+
+void vnzc_txbatch_free(struct vnzc_txbatch *b)
+{
+	if (!b)
+		return;
+	vnzc_txbatch_clear(b);
+	page_frag_cache_drain(&b->frags);
+	kfree(b);
+}
+
+unsigned int vnzc_txbatch_len(const struct vnzc_txbatch *b)
+{
+	return b->len;
+}
+
+/*
+ * Appends the packet of @len bytes at @iov (@nr_segs segments) past its first @skip bytes,
+ * whose first @sock_hlen bytes are the backend's virtio-net header, to @b, which must have
+ * room. The fragment holds, in this order: the header, where tun and tap read it; room
+ * for the stack (NET_SKB_PAD, NET_IP_ALIGN, and XDP_PACKET_HEADROOM when the socket runs
+ * an XDP program); the frame; struct skb_shared_info, as build_skb() expects.
+ *
+ * Returns 0; -ENOSPC if the packet does not fit in one page (to be sent on its own);
+ * -ENOMEM; -EFAULT if the guest's memory cannot be read; -EINVAL if the header is too
+ * short or asks for a checksum past the packet.
+ */
+int vnzc_txbatch_add(struct vnzc_txbatch *b, struct vhost_virtqueue *vq, const struct iovec *iov,
+		     unsigned long nr_segs, size_t skip, size_t len, size_t sock_hlen,
+		     bool xdp_headroom)
+{
+	size_t room = NET_SKB_PAD + NET_IP_ALIGN + sock_hlen +
+		      (xdp_headroom ? XDP_PACKET_HEADROOM : 0);
+	size_t front = SKB_DATA_ALIGN(room);
+	size_t size = SKB_DATA_ALIGN(front + len) +
+		      SKB_DATA_ALIGN(sizeof(struct skb_shared_info));
+	struct virtio_net_hdr *hdr;
+	struct iov_iter from;
+	u8 *buf;
+
+	if (b->len >= VNZC_TXBATCH_MAX)
+		return -ENOSPC;
+	if (len < sock_hlen)
+		return -EINVAL;
+	if (size > PAGE_SIZE)
+		return -ENOSPC;
+	buf = page_frag_alloc_align(&b->frags, size, GFP_KERNEL, SMP_CACHE_BYTES);
+	if (!buf)
+		return -ENOMEM;
+	iov_iter_init(&from, ITER_SOURCE, iov, nr_segs, skip + len);
+	iov_iter_advance(&from, skip);
+	/* The frame lands at @front; its header, if the backend takes one, right before. */
+	if (copy_from_iter(buf + front - sock_hlen, len, &from) != len) {
+		page_frag_free(buf);
+		return -EFAULT;
+	}
+	if (sock_hlen) {
+		memcpy(buf, buf + front - sock_hlen, sock_hlen);
+	} else {
+		/* No header from the guest: the backend reads one of zeroes (no offloads). */
+		memset(buf, 0, front);
+	}
+	hdr = (struct virtio_net_hdr *)buf;
+	if (sock_hlen && (hdr->flags & VIRTIO_NET_HDR_F_NEEDS_CSUM)) {
+		/* The checksum's two bytes must be inside the linear part tun builds. */
+		u32 need = (u32)vhost16_to_cpu(vq, hdr->csum_start) +
+			   vhost16_to_cpu(vq, hdr->csum_offset) + 2;
+
+		if (need > len) {
+			page_frag_free(buf);
+			return -EINVAL;
+		}
+		if (need > vhost16_to_cpu(vq, hdr->hdr_len))
+			hdr->hdr_len = cpu_to_vhost16(vq, need);
+	}
+	xdp_init_buff(&b->frames[b->len], size, NULL);
+	xdp_prepare_buff(&b->frames[b->len], buf, front, len - sock_hlen, true);
+	b->len++;
+	return 0;
+}
+
+/*
+ * Hands every frame of @b to the tap or macvtap @sock, which owns them from then on, and
+ * empties @b. Returns what sendmsg() returned; on an error the frames are freed here.
+ */
+int vnzc_txbatch_send(struct vnzc_txbatch *b, struct socket *sock)
+{
+	struct tun_msg_ctl ctl = {
+		.type = TUN_MSG_PTR,
+		.num = b->len,
+		.ptr = b->frames,
+	};
+	struct msghdr msg = {
+		.msg_control = &ctl,
+		.msg_controllen = sizeof(ctl),
+		.msg_flags = MSG_DONTWAIT,
+	};
+	int r;
+
+	if (!b->len)
+		return 0;
+	r = sock->ops->sendmsg(sock, &msg, 0);
+	if (r < 0)
+		vnzc_txbatch_clear(b);
+	b->len = 0;
+	return r;
 }
 
 /*

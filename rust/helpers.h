@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * C helpers for vhost-net-zc: out-of-line versions of the vhost core's static inlines and
- * macros, which Rust cannot call directly. Nothing here holds logic of its own.
+ * macros, which Rust cannot call directly. Nothing here holds logic of its own, but for
+ * the memory layout of the TX copy batch's frames (vnzc_txbatch_*), which is tun's and
+ * tap's build_skb() contract.
  */
 #ifndef _VNZC_HELPERS_H
 #define _VNZC_HELPERS_H
@@ -16,6 +18,8 @@ struct file;
 struct mm_struct;
 struct vm_area_struct;
 struct page;
+struct iovec;
+struct vnzc_txbatch;
 
 void *vnzc_vq_get_backend(struct vhost_virtqueue *vq);
 void vnzc_vq_set_backend(struct vhost_virtqueue *vq, void *private_data);
@@ -62,6 +66,19 @@ long vnzc_hugetlb_available(struct vm_area_struct *vma);
 bool vnzc_vma_uffd_armed(struct vm_area_struct *vma);
 bool vnzc_page_maybe_dma_pinned(struct page *page);
 int vnzc_log_hva(struct vhost_virtqueue *vq, u64 hva, u64 len);
+
+/* Most frames in one TX copy batch (one sendmsg(TUN_MSG_PTR)). */
+#define VNZC_TXBATCH_MAX 64
+struct vnzc_txbatch *vnzc_txbatch_new(void);
+void vnzc_txbatch_free(struct vnzc_txbatch *b);
+void vnzc_txbatch_clear(struct vnzc_txbatch *b);
+unsigned int vnzc_txbatch_len(const struct vnzc_txbatch *b);
+int vnzc_txbatch_add(struct vnzc_txbatch *b, struct vhost_virtqueue *vq, const struct iovec *iov,
+		     unsigned long nr_segs, size_t skip, size_t len, size_t sock_hlen,
+		     bool xdp_headroom);
+int vnzc_txbatch_send(struct vnzc_txbatch *b, struct socket *sock);
+bool vnzc_sock_sndbuf_unlimited(struct socket *sock);
+bool vnzc_sock_xdp(struct socket *sock);
 
 /* The module parameters, declared in helpers.c (see there). */
 bool vnzc_param_zcopy_tx(void);

@@ -19,13 +19,17 @@ use kernel::{
         MiscDevice,
         MiscDeviceRegistration, //
     },
+    new_mutex,
     prelude::*,
     seq_file::SeqFile,
     seq_print,
     str::CString,
-    sync::atomic::{
-        Atomic,
-        Relaxed, //
+    sync::{
+        atomic::{
+            Atomic,
+            Relaxed, //
+        },
+        Mutex,
     },
     uaccess::{
         UserPtr,
@@ -41,7 +45,11 @@ use crate::{
         Range, //
     },
     reset,
-    socket::Socket,
+    socket::{
+        Socket,
+        TxBatch,
+        TX_BATCH, //
+    },
     uapi,
     vhost::{
         self,
@@ -88,6 +96,8 @@ const LIMITS: Limits = Limits {
 pub(crate) struct NetState {
     /// The TX virtqueue's zero-copy buffers in flight.
     pub(crate) tx: PoolRef,
+    /// The TX copy batch, used only by the TX handler (empty between its runs).
+    txbatch: Pin<KBox<Mutex<TxBatch>>>,
     /// The device's name, `<tgid>-<n>`: its directory in debugfs.
     name: CString,
     /// `vhost-net-zc/<tgid>-<n>/stats` in debugfs: the zero-copy counters.
@@ -115,8 +125,10 @@ impl NetState {
             dir.read_callback_file(c"stats", stats, &StatsRef::show),
             GFP_KERNEL,
         )?;
+        let txbatch = KBox::pin_init(new_mutex!(TxBatch::new()?), GFP_KERNEL)?;
         Ok(NetState {
             tx,
+            txbatch,
             name,
             _stats: stats,
             _dir: dir,
@@ -457,12 +469,21 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     if zerocopy {
         pool.attach(&vq.waker());
     }
+    let mut batch = dev.data().txbatch.lock();
+    let copy = CopyTx {
+        sock,
+        batching: sock.can_batch(),
+        xdp: sock.can_batch() && sock.xdp(),
+        skip: hdr,
+        sock_hlen: if hdr == 0 { net_hdr_len(vq) } else { 0 },
+    };
     let (mut packets, mut bytes) = (0usize, 0usize);
     let mut used = UsedBatch::new();
     loop {
         let mut next = vq.get_desc();
         let mut interrupted = false;
         if matches!(next, Ok(None)) && vq.busyloop_timeout() != 0 {
+            copy.flush(&mut batch);
             used.reap(vq, pool, &mut ledger);
             used.flush(vq);
             if let Some(rvq) = dev.try_vq(RX as u32) {
@@ -510,6 +531,24 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             None
         };
         ledger.count_packet();
+        let batched = match slot {
+            None => copy.batch(vq, &mut batch, &iov, payload),
+            Some(_) => Batched::No,
+        };
+        if batched != Batched::No {
+            if batched == Batched::Copied {
+                ledger.count_copy();
+            }
+            used.push(vq, &chain);
+            packets += 1;
+            bytes = bytes.saturating_add(payload);
+            if vq.exceeds_weight(packets, bytes) {
+                break;
+            }
+            continue;
+        }
+        // A packet sent on its own goes after those batched before it.
+        copy.flush(&mut batch);
         let r = match &slot {
             Some(slot) => sock.send_zerocopy(&iov, hdr, payload, pool.ubuf(slot)),
             None => sock.send(&iov, hdr, payload),
@@ -551,9 +590,81 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             break;
         }
     }
+    copy.flush(&mut batch);
     // With the completions that came while sending (the socket may complete at once).
     used.reap(vq, pool, &mut ledger);
     used.flush(vq);
+}
+
+/// What [`CopyTx::batch`] did with a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Batched {
+    /// Copied into the batch: the guest's buffer is done with.
+    Copied,
+    /// Dropped as malformed, as a NIC drops it: the guest's buffer is done with.
+    Dropped,
+    /// Not batched (no batching, or too large a frame): to be sent on its own.
+    No,
+}
+
+/// How the TX handler copies packets into a [`TxBatch`] for the socket.
+struct CopyTx<'a> {
+    sock: &'a Socket,
+    /// The socket takes batches ([`Socket::can_batch`]).
+    batching: bool,
+    /// Frames need the headroom of the socket's XDP program.
+    xdp: bool,
+    /// Bytes of each packet vhost consumes (its virtio-net header, if vhost takes it).
+    skip: usize,
+    /// Bytes of each packet that are the socket's virtio-net header.
+    sock_hlen: usize,
+}
+
+impl CopyTx<'_> {
+    /// Copies the packet of `len` bytes at `iov` (past `self.skip`) into `batch`, sending
+    /// the batch first if it is full.
+    fn batch(
+        &self,
+        vq: &NetVq<'_>,
+        batch: &mut TxBatch,
+        iov: &[kernel::bindings::iovec],
+        len: usize,
+    ) -> Batched {
+        if !self.batching {
+            return Batched::No;
+        }
+        if batch.len() >= TX_BATCH {
+            self.flush(batch);
+        }
+        match batch.add(vq.as_ptr(), iov, self.skip, len, self.sock_hlen, self.xdp) {
+            Ok(()) => Batched::Copied,
+            Err(e) if e == ENOSPC || e == ENOMEM => Batched::No,
+            Err(e) => {
+                vhost::debug(
+                    c"TX: dropped a malformed packet (errno, length)",
+                    e.to_errno() as isize,
+                    len,
+                );
+                Batched::Dropped
+            }
+        }
+    }
+
+    /// Sends the frames batched so far.
+    fn flush(&self, batch: &mut TxBatch) {
+        let frames = batch.len();
+        if frames == 0 {
+            return;
+        }
+        if let Err(e) = self.sock.send_batch(batch) {
+            // Lost, as on a NIC that fails them; their heads are the guest's already.
+            vhost::debug(
+                c"TX: batch send failed (errno, frames)",
+                e.to_errno() as isize,
+                frames,
+            );
+        }
+    }
 }
 
 /// The base pages of the buffer `iov` past its first `skip` bytes (the header vhost

@@ -33,6 +33,8 @@ use crate::{
 pub(crate) struct Socket {
     sock: NonNull<kb::socket>,
     zerocopy: bool,
+    /// A tap or macvtap, which takes a [`TxBatch`] (`TUN_MSG_PTR`).
+    tap: bool,
     rx: Option<RxRing>,
 }
 
@@ -94,6 +96,7 @@ impl Socket {
         let this = Self {
             sock,
             zerocopy: false,
+            tap: false,
             rx: None,
         };
         // SAFETY: `sock` is live (just looked up).
@@ -144,6 +147,7 @@ impl Socket {
         let mut this = Self {
             sock,
             zerocopy,
+            tap: true,
             rx: None,
         };
         if let Some(ring) = ring {
@@ -170,6 +174,38 @@ impl Socket {
     pub(crate) fn send(&self, iov: &[kb::iovec], skip: usize, len: usize) -> Result<usize> {
         let mut msg = message(iov, kb::ITER_SOURCE, skip, len)?;
         self.sendmsg(&mut msg, len)
+    }
+
+    /// Whether the socket takes a [`TxBatch`]: a tap or macvtap whose send buffer is
+    /// unlimited (a tap's default; a macvtap's once the VMM sets it, as QEMU does), since a
+    /// batch bypasses the send buffer's accounting.
+    pub(crate) fn can_batch(&self) -> bool {
+        // SAFETY: `self.sock` is live while `self` holds its file.
+        self.tap && unsafe { bindings::vnzc_sock_sndbuf_unlimited(self.sock.as_ptr().cast()) }
+    }
+
+    /// Whether the socket runs an XDP program, for which a batch's frames need headroom.
+    pub(crate) fn xdp(&self) -> bool {
+        // SAFETY: `self.sock` is live while `self` holds its file.
+        unsafe { bindings::vnzc_sock_xdp(self.sock.as_ptr().cast()) }
+    }
+
+    /// Hands the frames of `batch` over to the socket, which must be one that
+    /// [`Socket::can_batch`], and empties `batch`. The socket owns the frames from then on,
+    /// and frees those it drops.
+    ///
+    /// # Errors
+    ///
+    /// The socket's errno (a tap detached from its device: `EBADFD`); the frames are freed.
+    pub(crate) fn send_batch(&self, batch: &mut TxBatch) -> Result<usize> {
+        if !self.tap {
+            batch.clear();
+            return Err(EOPNOTSUPP);
+        }
+        // SAFETY: `batch.0` is a live batch (type invariant) that `&mut` gives us alone;
+        // `self.sock` is a live tap or macvtap socket, which takes `TUN_MSG_PTR`.
+        let r = unsafe { bindings::vnzc_txbatch_send(batch.0.as_ptr(), self.sock.as_ptr().cast()) };
+        usize::try_from(r).map_err(|_| Error::from_errno(r))
     }
 
     /// Whether [`Socket::send_zerocopy`] may be used.
@@ -352,5 +388,95 @@ impl Drop for Socket {
         }
         // SAFETY: `self` owns one reference to `sock->file` (type invariant).
         unsafe { kb::fput((*self.sock.as_ptr()).file) }
+    }
+}
+
+/// Most frames in one [`TxBatch`].
+pub(crate) const TX_BATCH: usize = bindings::VNZC_TXBATCH_MAX as usize;
+
+/// TX frames copied out of the guest into page fragments laid out for tun's and tap's
+/// `build_skb()`, handed to the socket up to [`TX_BATCH`] at a time with one `sendmsg()`
+/// ([`Socket::send_batch`]), as stock vhost-net's copy path does.
+///
+/// # Invariants
+///
+/// `self.0` was returned by `vnzc_txbatch_new()` and is freed only by `Drop`.
+pub(crate) struct TxBatch(NonNull<bindings::vnzc_txbatch>);
+
+// SAFETY: The batch is plain memory (frames and a fragment cache) not tied to a thread.
+unsafe impl Send for TxBatch {}
+
+impl TxBatch {
+    /// An empty batch.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`.
+    pub(crate) fn new() -> Result<Self> {
+        // SAFETY: No preconditions.
+        let b = unsafe { bindings::vnzc_txbatch_new() };
+        // INVARIANT: from `vnzc_txbatch_new()`.
+        NonNull::new(b).map(Self).ok_or(ENOMEM)
+    }
+
+    /// Number of frames waiting.
+    pub(crate) fn len(&self) -> usize {
+        // SAFETY: `self.0` is live (type invariant).
+        unsafe { bindings::vnzc_txbatch_len(self.0.as_ptr()) as usize }
+    }
+
+    /// Copies the packet of `len` bytes of `iov` past its first `skip` bytes, whose first
+    /// `sock_hlen` bytes are the socket's virtio-net header, into a new frame of the batch,
+    /// which must not be full. `xdp` asks for the headroom of an XDP program.
+    ///
+    /// # Errors
+    ///
+    /// - `ENOSPC`: the packet is too large for a frame (send it on its own);
+    /// - `ENOMEM`: no memory for the frame;
+    /// - `EFAULT`: the guest's buffer cannot be read;
+    /// - `EINVAL`: the header is shorter than `sock_hlen` or asks for a checksum past the
+    ///   packet.
+    pub(crate) fn add(
+        &mut self,
+        vq: *mut bindings::vhost_virtqueue,
+        iov: &[kb::iovec],
+        skip: usize,
+        len: usize,
+        sock_hlen: usize,
+        xdp: bool,
+    ) -> Result {
+        // SAFETY: `self.0` is live (type invariant) and ours alone (`&mut`); `vq` is the
+        // caller's locked virtqueue, only read for its byte order; `iov` is valid for
+        // `iov.len()` elements, which the helper reads within `skip + len` bytes.
+        let r = unsafe {
+            bindings::vnzc_txbatch_add(
+                self.0.as_ptr(),
+                vq.cast(),
+                iov.as_ptr().cast(),
+                iov.len() as kernel::ffi::c_ulong,
+                skip,
+                len,
+                sock_hlen,
+                xdp,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(Error::from_errno(r))
+        }
+    }
+
+    /// Frees the frames waiting, unsent.
+    pub(crate) fn clear(&mut self) {
+        // SAFETY: `self.0` is live (type invariant) and ours alone (`&mut`).
+        unsafe { bindings::vnzc_txbatch_clear(self.0.as_ptr()) };
+    }
+}
+
+impl Drop for TxBatch {
+    fn drop(&mut self) {
+        // SAFETY: `self.0` is live (type invariant) and not used after this.
+        unsafe { bindings::vnzc_txbatch_free(self.0.as_ptr()) };
     }
 }

@@ -666,6 +666,12 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         self.vq
     }
 
+    /// The virtqueue, for a C helper that reads it (its byte order, say) while this guard,
+    /// and with it the virtqueue's mutex, is held.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::vhost_virtqueue {
+        self.vq
+    }
+
     fn poll(&self) -> *mut bindings::vhost_poll {
         self.poll
     }
