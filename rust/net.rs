@@ -535,51 +535,48 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             None => copy.batch(vq, &mut batch, &iov, payload),
             Some(_) => Batched::No,
         };
-        if batched != Batched::No {
-            if batched == Batched::Copied {
+        match batched {
+            Batched::Copied => {
                 ledger.count_copy();
-            }
-            used.push(vq, &chain);
-            packets += 1;
-            bytes = bytes.saturating_add(payload);
-            if vq.exceeds_weight(packets, bytes) {
-                break;
-            }
-            continue;
-        }
-        // A packet sent on its own goes after those batched before it.
-        copy.flush(&mut batch);
-        let r = match &slot {
-            Some(slot) => sock.send_zerocopy(&iov, hdr, payload, pool.ubuf(slot)),
-            None => sock.send(&iov, hdr, payload),
-        };
-        match (r, slot) {
-            (Err(e), slot) if e == EAGAIN || e == ENOMEM || e == ENOBUFS => {
-                // The socket is full: retry this chain when it has room.
-                if let Some(slot) = slot {
-                    pool.cancel(&mut ledger, slot);
-                }
-                vq.discard(&chain);
-                let _ = vq.start_poll();
-                break;
-            }
-            (Err(e), slot) => {
-                // Dropped, as by a NIC: the guest gets the buffer back.
-                if let Some(slot) = slot {
-                    pool.cancel(&mut ledger, slot);
-                }
-                vhost::debug(c"TX: send failed (errno)", e.to_errno() as isize, 0);
                 used.push(vq, &chain);
             }
-            (Ok(sent), slot) => {
-                if sent != payload {
-                    vhost::debug(c"TX: truncated packet (sent, length)", sent, payload);
-                }
-                match slot {
-                    Some(slot) => pool.sent(&mut ledger, slot),
-                    None => {
-                        ledger.count_copy();
+            Batched::Dropped => used.push(vq, &chain),
+            Batched::No => {
+                // A packet sent on its own goes after those batched before it.
+                copy.flush(&mut batch);
+                let r = match &slot {
+                    Some(slot) => sock.send_zerocopy(&iov, hdr, payload, pool.ubuf(slot)),
+                    None => sock.send(&iov, hdr, payload),
+                };
+                match (r, slot) {
+                    (Err(e), slot) if e == EAGAIN || e == ENOMEM || e == ENOBUFS => {
+                        // The socket is full: retry this chain when it has room.
+                        if let Some(slot) = slot {
+                            pool.cancel(&mut ledger, slot);
+                        }
+                        vq.discard(&chain);
+                        let _ = vq.start_poll();
+                        break;
+                    }
+                    (Err(e), slot) => {
+                        // Dropped, as by a NIC: the guest gets the buffer back.
+                        if let Some(slot) = slot {
+                            pool.cancel(&mut ledger, slot);
+                        }
+                        vhost::debug(c"TX: send failed (errno)", e.to_errno() as isize, 0);
                         used.push(vq, &chain);
+                    }
+                    (Ok(sent), slot) => {
+                        if sent != payload {
+                            vhost::debug(c"TX: truncated packet (sent, length)", sent, payload);
+                        }
+                        match slot {
+                            Some(slot) => pool.sent(&mut ledger, slot),
+                            None => {
+                                ledger.count_copy();
+                                used.push(vq, &chain);
+                            }
+                        }
                     }
                 }
             }

@@ -279,6 +279,21 @@ static inline int reap_all(struct vg_guest *g, uint32_t *ids, int max, int ms)
 	return n;
 }
 
+/* Expects each of the @nheads heads @heads exactly once among the @n used ids @ids. */
+static inline void expect_heads_once(struct __test_metadata *_metadata, const uint32_t *ids,
+				     int n, const int *heads, int nheads)
+{
+	int seen[RING] = { 0 };
+
+	for (int i = 0; i < n; i++)
+		seen[ids[i] % RING]++;
+	for (int i = 0; i < nheads; i++) {
+		int h = heads[i];
+
+		EXPECT_EQ(1, seen[h]) TH_LOG("head %d returned %d times", h, seen[h]);
+	}
+}
+
 /*
  * Receives our next frame (by ethertype) from @fd into @buf within 5 s; returns its length
  * or -1. Timed with poll(), whose timeouts are hrtimers: socket timeouts count jiffies,
