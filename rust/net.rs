@@ -633,7 +633,7 @@ impl CopyTx<'_> {
         if batch.len() >= TX_BATCH {
             self.flush(batch);
         }
-        match batch.add(vq.as_ptr(), iov, self.skip, len, self.sock_hlen, self.xdp) {
+        match batch.add(vq, iov, self.skip, len, self.sock_hlen, self.xdp) {
             Ok(()) => Batched::Copied,
             Err(e) if e == ENOSPC || e == ENOMEM => Batched::No,
             Err(e) => {

@@ -19,7 +19,12 @@ use kernel::{
 
 use crate::{
     ffi::bindings,
-    vhost::Backend, //
+    vhost::{
+        self,
+        Backend,
+        Driver,
+        VqGuard, //
+    },
 };
 
 /// A socket a virtqueue sends to or receives from.
@@ -427,31 +432,37 @@ impl TxBatch {
 
     /// Copies the packet of `len` bytes of `iov` past its first `skip` bytes, whose first
     /// `sock_hlen` bytes are the socket's virtio-net header, into a new frame of the batch,
-    /// which must not be full. `xdp` asks for the headroom of an XDP program.
+    /// which must not be full. `vq` is the virtqueue the packet came from (its byte order);
+    /// `xdp` asks for the headroom of an XDP program.
     ///
     /// # Errors
     ///
-    /// - `ENOSPC`: the packet is too large for a frame (send it on its own);
+    /// - `ENOSPC`: the packet is too large for a frame (send it on its own), or the batch
+    ///   is full;
     /// - `ENOMEM`: no memory for the frame;
     /// - `EFAULT`: the guest's buffer cannot be read;
-    /// - `EINVAL`: the header is shorter than `sock_hlen` or asks for a checksum past the
-    ///   packet.
-    pub(crate) fn add(
+    /// - `EINVAL`: `iov` holds fewer than `skip + len` bytes, or the header is shorter than
+    ///   `sock_hlen` or asks for a checksum past the packet.
+    pub(crate) fn add<D: Driver<N>, const N: usize>(
         &mut self,
-        vq: *mut bindings::vhost_virtqueue,
+        vq: &VqGuard<'_, D, N>,
         iov: &[kb::iovec],
         skip: usize,
         len: usize,
         sock_hlen: usize,
         xdp: bool,
     ) -> Result {
-        // SAFETY: `self.0` is live (type invariant) and ours alone (`&mut`); `vq` is the
-        // caller's locked virtqueue, only read for its byte order; `iov` is valid for
-        // `iov.len()` elements, which the helper reads within `skip + len` bytes.
+        if skip.checked_add(len).is_none_or(|end| end > vhost::iov_len(iov)) {
+            return Err(EINVAL);
+        }
+        // SAFETY: `self.0` is live (type invariant) and ours alone (`&mut`); `vq` is a
+        // locked virtqueue (the guard), only read for its byte order; `iov` is valid for
+        // `iov.len()` elements holding at least `skip + len` bytes (checked above), all the
+        // helper reads.
         let r = unsafe {
             bindings::vnzc_txbatch_add(
                 self.0.as_ptr(),
-                vq.cast(),
+                vq.as_ptr(),
                 iov.as_ptr().cast(),
                 iov.len() as kernel::ffi::c_ulong,
                 skip,

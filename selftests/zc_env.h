@@ -285,8 +285,10 @@ static inline void expect_heads_once(struct __test_metadata *_metadata, const ui
 {
 	int seen[RING] = { 0 };
 
-	for (int i = 0; i < n; i++)
-		seen[ids[i] % RING]++;
+	for (int i = 0; i < n; i++) {
+		ASSERT_GT((uint32_t)RING, ids[i]) TH_LOG("used id %u is no head", ids[i]);
+		seen[ids[i]]++;
+	}
 	for (int i = 0; i < nheads; i++) {
 		int h = heads[i];
 
