@@ -470,10 +470,11 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
         pool.attach(&vq.waker());
     }
     let mut batch = dev.data().txbatch.lock();
+    let batching = sock.can_batch();
     let copy = CopyTx {
         sock,
-        batching: sock.can_batch(),
-        xdp: sock.can_batch() && sock.xdp(),
+        batching,
+        xdp: batching && sock.xdp(),
         skip: hdr,
         sock_hlen: if hdr == 0 { net_hdr_len(vq) } else { 0 },
     };
@@ -594,7 +595,7 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
 }
 
 /// What [`CopyTx::batch`] did with a packet.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Batched {
     /// Copied into the batch: the guest's buffer is done with.
     Copied,

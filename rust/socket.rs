@@ -452,7 +452,10 @@ impl TxBatch {
         sock_hlen: usize,
         xdp: bool,
     ) -> Result {
-        if skip.checked_add(len).is_none_or(|end| end > vhost::iov_len(iov)) {
+        if skip
+            .checked_add(len)
+            .is_none_or(|end| end > vhost::iov_len(iov))
+        {
             return Err(EINVAL);
         }
         // SAFETY: `self.0` is live (type invariant) and ours alone (`&mut`); `vq` is a
