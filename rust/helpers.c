@@ -88,6 +88,20 @@ u16 vnzc_cpu_to_vhost16(struct vhost_virtqueue *vq, u16 v)
 }
 
 /*
+ * The used index the guest's memory holds now (the caller's address space must be the
+ * owner's), in CPU order: 0 and @idx set, or -EFAULT if the ring cannot be read.
+ */
+int vnzc_vq_guest_used_idx(struct vhost_virtqueue *vq, u16 *idx)
+{
+	__virtio16 v;
+
+	if (!vq->used || get_user(v, &vq->used->idx))
+		return -EFAULT;
+	*idx = vhost16_to_cpu(vq, v);
+	return 0;
+}
+
+/*
  * Length of the packet at the head of a backend socket's queue, 0 if empty: tun and tap
  * peek their rings (->peek_len); a packet socket's queue is peeked under its lock, with the
  * VLAN tag the copy to the guest will insert.

@@ -29,6 +29,7 @@ void vnzc_vq_set_acked_features(struct vhost_virtqueue *vq, const u64 *features)
 u32 vnzc_cpu_to_vhost32(struct vhost_virtqueue *vq, u32 v);
 u32 vnzc_vhost32_to_cpu(struct vhost_virtqueue *vq, u32 v);
 u16 vnzc_cpu_to_vhost16(struct vhost_virtqueue *vq, u16 v);
+int vnzc_vq_guest_used_idx(struct vhost_virtqueue *vq, u16 *idx);
 int vnzc_sock_peek_len(struct socket *sock);
 int vnzc_sock_type(struct socket *sock);
 int vnzc_sock_family(struct socket *sock);

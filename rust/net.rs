@@ -893,10 +893,13 @@ impl VhostNetZc {
 
     /// `VHOST_SET_VRING_NUM`, `_BASE` and `_ADDR`, which the vhost core handles (and refuses
     /// while a backend is attached). If they change the TX ring (its size, next available
-    /// index or addresses: a new ring, as QEMU sets up when the guest reboots), zero-copy
-    /// buffers still in flight from before are abandoned, so their heads never reach the
-    /// new ring. Setting the same ring again (QEMU's `cont` after a `stop`, which restores
-    /// the index it read) keeps them: their heads still belong there.
+    /// index or addresses: a new ring, as QEMU sets up when the guest reboots), or the
+    /// guest reset the ring in place (`VIRTIO_F_RING_RESET`: same memory, zeroed, so its
+    /// used index no longer matches the device's, which matters when the available index
+    /// is back where it was, at 0 after 65536 buffers), zero-copy buffers still in flight
+    /// from before are abandoned, so their heads never reach the new ring. Setting the same
+    /// ring again (QEMU's `cont` after a `stop`, which restores the index it read) keeps
+    /// them: their heads still belong there.
     ///
     /// # Errors
     ///
@@ -910,10 +913,16 @@ impl VhostNetZc {
         if index == Some(TX as u32) {
             let pool = &self.vhost.data().tx;
             let vq = self.vhost.vq(TX as u32)?;
-            if vq.ring_identity() == before {
+            let mut ledger = pool.ledger();
+            // The same ring, unless the guest reset it in place: with buffers whose heads
+            // are still to come, its used index is then not the one last written (zeroed
+            // by the guest, where the device's stays behind the available one).
+            if vq.ring_identity() == before
+                && (ledger.holding() == 0 || vq.guest_used_idx_matches())
+            {
                 return Ok(r);
             }
-            let abandoned = pool.ledger().abandon_all();
+            let abandoned = ledger.abandon_all();
             if abandoned != 0 {
                 vhost::debug(
                     c"TX: zero-copy buffers abandoned: ring reprogrammed",

@@ -1092,6 +1092,18 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         }
     }
 
+    /// Whether the guest's used index is the one the device last wrote: false once the
+    /// guest has reset the ring in place (zeroed it) since, or if the ring cannot be read.
+    /// The caller must run in the owner's address space, where the ring is.
+    pub(crate) fn guest_used_idx_matches(&self) -> bool {
+        let mut idx = 0u16;
+        // SAFETY: The virtqueue is initialised and its mutex is held; the helper reads the
+        // used ring through the user-copy functions, which fault safely.
+        let r = unsafe { bindings::vnzc_vq_guest_used_idx(self.raw(), &mut idx) };
+        // SAFETY: As above; `last_used_idx` is only written under the mutex.
+        r == 0 && idx == unsafe { (*self.raw()).last_used_idx }
+    }
+
     /// What identifies the ring the guest uses: its size, its next available index and the
     /// addresses of its three parts. A VMM that sets the same ring again (QEMU's `cont`
     /// after a `stop`) leaves it unchanged; one that sets up a new ring (a guest reboot)

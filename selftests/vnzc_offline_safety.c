@@ -13,7 +13,7 @@
  *   offline the same buffers: every head is used exactly once, over 10000 rounds;
  * - close and RESET_OWNER race completions and 1 ms deadlines, with the worker freed;
  * - a ring reprogrammed after a reset that left buffers in flight never receives their
- *   heads;
+ *   heads, nor does one reset in place at the index's wrap;
  * - a page pinned for DMA (an io_uring fixed buffer), a userfaultfd-registered range, an
  *   exhausted hugetlb pool: refused, memory intact; a page remapped since the send:
  *   skipped, its new content intact;
@@ -574,6 +574,72 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
 			seen += ids[j] == (uint32_t)old[i];
 		EXPECT_EQ(1, seen) TH_LOG("head %d used %d times", old[i], seen);
 	}
+}
+
+/*
+ * A queue reset in place (VIRTIO_F_RING_RESET: Linux's virtqueue_reset keeps the ring's
+ * memory and zeroes it; QEMU detaches the backend, reads the base, then sets the same size,
+ * index 0 and the same addresses) after a reset that left buffers in flight (refused).
+ * When the guest had made 65536 buffers available, the ring's index is 0 again, so size,
+ * index and addresses all match the old ring's: the guest's used index, zeroed, tells the
+ * ring was reset. None of the old heads may appear in the reset ring.
+ */
+TEST_F_TIMEOUT(shared, ring_reset_at_index_wrap, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vhost_net_zc_stats s;
+	struct vg_vq *vq = &g->vq[VG_TX];
+	struct vhost_vring_state st = { .index = VG_TX };
+	struct vhost_vring_addr addr = {
+		.index = VG_TX,
+		.desc_user_addr = (uint64_t)(uintptr_t)vq->desc,
+		.avail_user_addr = (uint64_t)(uintptr_t)vq->avail,
+		.used_user_addr = (uint64_t)(uintptr_t)vq->used,
+	};
+	uint32_t ids[16];
+	int fresh[2], n;
+
+	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
+	/* The ring 4 buffers short of 65536 made available, and as many used. */
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	st.num = 65532;
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
+	vq->avail_idx = vq->last_used = 65532;
+	vq->avail->idx = vq->used->idx = 65532;
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	for (int i = 0; i < 4; i++)
+		ASSERT_LE(0, send_frame(g, mac_held, ZC_LEN, i, NULL));
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 4, 3000));
+	usleep(30 * 1000);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	ASSERT_EQ(0, zc_stats(g, &s));
+	EXPECT_EQ(4, (long)s.offline_refused);
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_GET_VRING_BASE, &st));
+	ASSERT_EQ(0U, st.num) TH_LOG("the index did not wrap to 0");
+	/* The guest resets the queue in place: same memory, zeroed, index 0. */
+	memset(vq->desc, 0, sizeof(*vq->desc) * vq->num);
+	memset(vq->avail, 0, sizeof(*vq->avail) + sizeof(uint16_t) * (vq->num + 1));
+	memset(vq->used, 0, sizeof(*vq->used) + sizeof(struct vring_used_elem) * vq->num +
+	       sizeof(uint16_t));
+	vq->avail_idx = vq->last_used = vq->next_desc = 0;
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_NUM,
+			   &(struct vhost_vring_state){ .index = VG_TX, .num = RING }));
+	st.num = 0;
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr));
+	ASSERT_EQ(0, zc_stats(g, &s));
+	EXPECT_EQ(4, (long)s.abandoned);
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	for (int i = 0; i < 2; i++) {
+		fresh[i] = send_frame(g, mac_free, ZC_LEN, 10 + i, NULL);
+		ASSERT_LE(0, fresh[i]);
+	}
+	plug(false);
+	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
+	n = reap_all(g, ids, 2, 2000);
+	n += reap_all(g, ids + n, 16 - n, 300);
+	EXPECT_EQ(2, n) TH_LOG("%d heads in the reset ring, 2 expected", n);
+	EXPECT_EQ(2, vq->used->idx) TH_LOG("used index %u after 2 buffers", vq->used->idx);
 }
 
 /* The frames of a refusal test, and a check that they stayed in guest memory. */
