@@ -5,6 +5,7 @@
 #
 #   make run     set up the host, build the kernel (cached) and module, boot, demonstrate
 #   make check   the same set-up, then lints and the full selftest suite in the VM
+#   make check-vmm  QEMU booting a Linux guest over the device (and over stock), in the VM
 #   make bench   the benchmarks in the VM of the benchmark kernel, with a report
 #   make fuzz    the fuzzer for FUZZ_SECONDS a case (default 600), in the test VM
 #   make soak    SOAK_ROUNDS reset/completion/expiry interleavings (default 10^6) and the
@@ -16,7 +17,7 @@
 ROOT := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 SHELL := /bin/bash
 
-.PHONY: all run check bench fuzz soak dkms-deb dkms-prebuild setup kernel guest-kernel module lint selftests clean
+.PHONY: all run check check-vmm bench fuzz soak dkms-deb dkms-prebuild setup kernel guest-kernel module lint selftests clean
 
 all: module
 
@@ -43,8 +44,11 @@ selftests: kernel
 run: module selftests
 	@bash $(ROOT)/scripts/run.sh
 
-check: lint module selftests dkms-prebuild guest-kernel
+check: lint module selftests dkms-prebuild
 	@bash $(ROOT)/scripts/check.sh
+
+check-vmm: module selftests guest-kernel
+	@VNZC_SUITE=vmm bash $(ROOT)/scripts/check.sh
 
 dkms-deb: setup
 	@bash $(ROOT)/scripts/dkms-deb.sh

@@ -11,9 +11,14 @@ VNZC_TAG=check
 . "$(dirname "$0")/lib.sh"
 
 kdir=$(vnzc_kdir)
-# The nested QEMU guest's kernel: the benchmark variant (make guest-kernel).
-guest=$(VNZC_KVARIANT=bench vnzc_kdir)/arch/x86/boot/bzImage
-[ -f "$guest" ] || vnzc_log "no guest kernel at $guest: the QEMU test will be skipped"
+# The suite: main (make check) or vmm (make check-vmm: QEMU over the device).
+suite=${VNZC_SUITE:-main}
+guest=
+if [ "$suite" = vmm ]; then
+	# The nested QEMU guest's kernel: the benchmark variant (make guest-kernel).
+	guest=$(VNZC_KVARIANT=bench vnzc_kdir)/arch/x86/boot/bzImage
+	[ -f "$guest" ] || vnzc_die "no guest kernel at $guest (run 'make guest-kernel')"
+fi
 # Whole-suite bound: a hang in the kernel under test must fail the run, not stall it.
 limit=${VNZC_CHECK_TIMEOUT:-4800}
 
@@ -24,14 +29,16 @@ run_suite() {
 	# Through a pipe: QEMU reopens its stdout by path, which would truncate a log file
 	# the caller redirected this script's output to.
 	timeout -k 10 "$limit" bash "$VNZC_ROOT/scripts/vm.sh" "$kdir" \
-		"VNZC_INJECT_FAILURE=${VNZC_INJECT_FAILURE:-0} VNZC_GUEST_KERNEL=$guest VNZC_QEMU_ARGS='${VNZC_QEMU_ARGS:-}' bash $VNZC_ROOT/selftests/run_vm.sh $1 $kdir" \
+		"VNZC_SUITE=$suite VNZC_INJECT_FAILURE=${VNZC_INJECT_FAILURE:-0} VNZC_GUEST_KERNEL=$guest VNZC_QEMU_ARGS='${VNZC_QEMU_ARGS:-}' bash $VNZC_ROOT/selftests/run_vm.sh $1 $kdir" \
 		2>"$1/vm.stderr" | cat
 	vm_rc=${PIPESTATUS[0]}
 	set -e
 }
 
 start=$(date +%s)
-results=$VNZC_ROOT/.results/check-$(date +%Y%m%d-%H%M%S)
+tag=check
+[ "$suite" = main ] || tag=check-$suite
+results=$VNZC_ROOT/.results/$tag-$(date +%Y%m%d-%H%M%S)
 run_suite "$results"
 # A splat during boot, before any test ran (seen rarely under TCG in early boot, outside
 # the module), turns lockdep off for that boot: boot once more rather than test without it.

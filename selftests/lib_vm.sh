@@ -98,8 +98,14 @@ run_harness() {
 		return
 	fi
 	out=$(mktemp)
-	timeout -k 5 "${VNZC_HARNESS_TIMEOUT:-300}" "$prog" "$@" >"$out" 2>&1
+	local bound=${VNZC_HARNESS_TIMEOUT:-300} start=$SECONDS
+	timeout -k 5 "$bound" "$prog" "$@" >"$out" 2>&1
 	rc=$?
+	echo "$base took $((SECONDS - start)) s of its ${bound} s bound" >>"$out"
+	if [ "$rc" -eq 124 ]; then
+		blocked_tasks "$base" >>"$out"
+		fixtures_down >>"$out"
+	fi
 	while IFS= read -r line; do
 		case "$line" in
 		1..*) planned=${line#1..} ;;
@@ -146,6 +152,33 @@ kmod_load() {
 		kmod_load "$dep" || return 1
 	done
 	insmod "$path" "$@"
+}
+
+# blocked_tasks NAME: after program NAME ran out of time, what was stuck: every task in
+# uninterruptible sleep with its kernel stack, and the kernel log's last splat, so that a
+# hang in an unattended run can be diagnosed from the result stream alone.
+blocked_tasks() {
+	local pid comm n=0
+	echo "$1 ran out of time; tasks in uninterruptible sleep:"
+	for pid in $(ps -e -o pid=,stat= | awk '$2 ~ /^D/ { print $1 }'); do
+		comm=$(cat "/proc/$pid/comm" 2>/dev/null) || continue
+		echo "task $pid ($comm), kernel stack:"
+		sed 's/^/  /' "/proc/$pid/stack" 2>/dev/null
+		n=$((n + 1))
+	done
+	echo "$n tasks in uninterruptible sleep"
+	dmesg | grep -E -A25 "$SPLAT" | tail -n 60
+}
+
+# fixtures_down: removes the network fixtures (every interface named vnzc*) a program
+# killed before its teardown left behind: a plug qdisc it left holds skbs, and with them
+# the module, until its device goes.
+fixtures_down() {
+	local link
+	for link in $(ip -o link show | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }' |
+		      grep '^vnzc'); do
+		ip link del "$link" 2>/dev/null && echo "removed the leftover interface $link"
+	done
 }
 
 # kmod_load_zc [PARAMS...]: load vhost_net_zc.ko from the project after its dependencies.
