@@ -867,11 +867,13 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
                 Ok(None) => break Err(None),
                 Err(e) => break Err(Some(e)),
             };
-            bufs.ndesc += chain.ndesc;
             if chain.out != 0 || chain.inn == 0 {
+                // Stays taken, as in stock: neither cursor goes back over it (under
+                // IN_ORDER the next descriptor is found from their count).
                 self.report(c"Unexpected descriptor format for RX");
                 break Err(Some(EINVAL));
             }
+            bufs.ndesc += chain.ndesc;
             let len = iov_len(self.iov_from(seg, chain.inn));
             // SAFETY: `heads` is the core's array of `num` elements and `bufs.heads` is below
             // `num`: each head is a distinct descriptor of the ring.
