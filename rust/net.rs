@@ -266,6 +266,20 @@ impl UsedBatch {
         }
     }
 
+    /// The buffer of `chain` is done with (copied or dropped): its head goes to the batch,
+    /// or, if heads are held in order behind a zero-copy buffer (`VIRTIO_F_IN_ORDER`),
+    /// behind them.
+    fn done(&mut self, vq: &NetVq<'_>, ledger: &mut Ledger, chain: &Chain) {
+        if ledger.holding_order() {
+            if let Ok(head) = u16::try_from(chain.head) {
+                if ledger.hold_done(head) {
+                    return;
+                }
+            }
+        }
+        self.push(vq, chain);
+    }
+
     /// Adds every zero-copy head the network stack has released, writing out full batches.
     fn reap(&mut self, vq: &NetVq<'_>, pool: &Pool, ledger: &mut Ledger) {
         loop {
@@ -450,12 +464,21 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
             ledger.expired(),
         );
     }
-    if ledger.reclaim() && ledger.expired() != 0 {
+    // Under IN_ORDER every head taken after an expired buffer waits for it: it is
+    // reclaimed without reclaim on expiry too, where its pages can be made copy-on-write
+    // in place (no window for the running guest's own accesses).
+    let in_order = vq.has_feature(crate::ffi::bindings::VIRTIO_F_IN_ORDER);
+    if (ledger.reclaim() || in_order) && ledger.expired() != 0 {
         if let Some(mm) = dev.worker_mm() {
             // Not again those refused before: only a reset retries them.
             let victims = pool.victims(&ledger, false).without(&ledger.refused_set());
+            let mode = if ledger.reclaim() {
+                Mode::Preserve
+            } else {
+                Mode::InPlace
+            };
             if !victims.is_empty() {
-                reset::offline_and_return(Some(vq), &mut ledger, &mm, &victims, Mode::Preserve);
+                reset::offline_and_return(Some(vq), &mut ledger, &mm, &victims, mode);
             }
         }
     }
@@ -481,6 +504,11 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     let (mut packets, mut bytes) = (0usize, 0usize);
     let mut used = UsedBatch::new();
     loop {
+        if ledger.order_full() {
+            // Every head taken now would wait in order behind an outstanding zero-copy
+            // buffer, with no room left: its completion or deadline runs the handler again.
+            break;
+        }
         let mut next = vq.get_desc();
         let mut interrupted = false;
         if matches!(next, Ok(None)) && vq.busyloop_timeout() != 0 {
@@ -539,9 +567,9 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
         match batched {
             Batched::Copied => {
                 ledger.count_copy();
-                used.push(vq, &chain);
+                used.done(vq, &mut ledger, &chain);
             }
-            Batched::Dropped => used.push(vq, &chain),
+            Batched::Dropped => used.done(vq, &mut ledger, &chain),
             Batched::No => {
                 // A packet sent on its own goes after those batched before it.
                 copy.flush(&mut batch);
@@ -565,17 +593,22 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
                             pool.cancel(&mut ledger, slot);
                         }
                         vhost::debug(c"TX: send failed (errno)", e.to_errno() as isize, 0);
-                        used.push(vq, &chain);
+                        used.done(vq, &mut ledger, &chain);
                     }
                     (Ok(sent), slot) => {
                         if sent != payload {
                             vhost::debug(c"TX: truncated packet (sent, length)", sent, payload);
                         }
                         match slot {
-                            Some(slot) => pool.sent(&mut ledger, slot),
+                            Some(slot) => {
+                                if !pool.sent(&mut ledger, slot, in_order) {
+                                    // No room in the order (checked above): cannot be.
+                                    vhost::debug(c"TX: in-order head not held", 0, 0);
+                                }
+                            }
                             None => {
                                 ledger.count_copy();
-                                used.push(vq, &chain);
+                                used.done(vq, &mut ledger, &chain);
                             }
                         }
                     }

@@ -65,6 +65,11 @@ pub(crate) enum Mode {
     Preserve,
     /// Zeros: for a VM reset, the guest's memory is about to be rewritten anyway.
     Discard,
+    /// As [`Mode::Preserve`], but only where the page can be made copy-on-write in place,
+    /// which has no window (see the [module documentation](self)); refused elsewhere: for
+    /// an offline of a running guest's memory that neither a reset nor the VMM asked for
+    /// (a stuck head that later ones wait for under `VIRTIO_F_IN_ORDER`).
+    InPlace,
 }
 
 /// A byte range of the owner's address space.
@@ -165,7 +170,7 @@ fn supported(vma: &VmaRef, mode: Mode) -> Result {
     if f & flags::SHARED != 0 {
         // The page cache maps the skb's pages back: only a hole gives the guest new ones.
         return match mode {
-            Mode::Preserve => Err(EOPNOTSUPP),
+            Mode::Preserve | Mode::InPlace => Err(EOPNOTSUPP),
             Mode::Discard => Ok(()),
         };
     }
@@ -243,7 +248,7 @@ impl<'a> Offliner<'a> {
     }
 
     fn method(vma: &VmaRef, mode: Mode) -> Method {
-        if mode == Mode::Preserve && vma.flags() & flags::HUGETLB == 0 && mm::can_share_pages() {
+        if mode != Mode::Discard && vma.flags() & flags::HUGETLB == 0 && mm::can_share_pages() {
             Method::Share
         } else {
             Method::Replace
@@ -255,7 +260,8 @@ impl<'a> Offliner<'a> {
     /// reports the buffer's outcome under its number among those added (0, 1, ...).
     ///
     /// The buffer is refused with:
-    /// - `EOPNOTSUPP`: some page is in memory where `mode` cannot be honoured;
+    /// - `EOPNOTSUPP`: some page is in memory where `mode` cannot be honoured (for
+    ///   [`Mode::InPlace`], also where it would be replaced rather than shared);
     /// - `ENOMEM`: a hugetlb page would need a refill the pool cannot give, or more buffers
     ///   or pages are added than [`Offliner::new`] was told;
     /// - `EBUSY`: some page may be pinned for DMA;
@@ -293,6 +299,9 @@ impl<'a> Offliner<'a> {
                 continue;
             };
             supported(vma, mode)?;
+            if mode == Mode::InPlace && Self::method(vma, mode) != Method::Share {
+                return Err(EOPNOTSUPP);
+            }
             if Self::method(vma, mode) == Method::Replace
                 && mode == Mode::Preserve
                 && vma.flags() & flags::HUGETLB != 0
@@ -494,13 +503,13 @@ fn replace(
         return Ok(());
     }
     let mut old = KVec::with_capacity(size / PAGE_SIZE, GFP_KERNEL)?;
-    if mode == Mode::Preserve {
+    if mode != Mode::Discard {
         for a in (start..start + size).step_by(PAGE_SIZE) {
             old.push(lock.page(a, false)?, GFP_KERNEL)?;
         }
     }
     vma.zap_vma_range(start, size);
-    if mode == Mode::Preserve || file.is_some() {
+    if mode != Mode::Discard || file.is_some() {
         for (i, a) in (start..start + size).step_by(PAGE_SIZE).enumerate() {
             let new = lock.page(a, true)?;
             match old.get(i) {

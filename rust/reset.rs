@@ -126,20 +126,24 @@ pub(crate) fn offline_and_return(
                 match outcome {
                     Ok(out) => {
                         ledger.skipped_pages(out.skipped);
-                        heads[n] = ledger.offlined(index, out.offlined);
+                        let head = ledger.offlined(index, out.offlined);
                         crate::trace::offline(
                             ledger.dev,
                             index as u32,
-                            heads[n],
+                            head,
                             u32::try_from(out.offlined).unwrap_or(u32::MAX),
                             matches!(mode, Mode::Discard),
                         );
                         vhost::debug(
                             c"TX: offlined a zero-copy buffer (head, pages)",
-                            heads[n],
+                            head,
                             out.offlined,
                         );
-                        n += 1;
+                        // A head held in order goes with the order, below.
+                        if !ledger.release_ordered(index) {
+                            heads[n] = head;
+                            n += 1;
+                        }
                     }
                     Err(e) => {
                         ledger.refused(index, *e == EBUSY);
@@ -182,6 +186,7 @@ pub(crate) fn offline_and_return(
                 match mode {
                     Mode::Preserve => "preserve",
                     Mode::Discard => "discard",
+                    Mode::InPlace => "in-place",
                 },
                 e.to_errno(),
                 refusal(e),
@@ -191,6 +196,17 @@ pub(crate) fn offline_and_return(
     if let Some(vq) = vq {
         if n != 0 {
             vq.add_used_heads_and_signal(&heads[..n]);
+        }
+    }
+    // Under IN_ORDER: the heads now done at the front of the order, those offlined and
+    // those taken after them, in order (dropped with the offlined ones without a ring).
+    loop {
+        let k = ledger.pop_ordered(&mut heads);
+        if k == 0 {
+            break;
+        }
+        if let Some(vq) = vq {
+            vq.add_used_heads_and_signal(&heads[..k]);
         }
     }
     Refused {
@@ -213,7 +229,7 @@ fn refusal(e: Error) -> &'static str {
     } else if e == ENOMEM {
         "no memory for a replacement page (or no free huge page)"
     } else if e == EOPNOTSUPP {
-        "memory shared with a file, not writable, userfaultfd-registered, or not pages"
+        "memory shared with a file, not writable, userfaultfd-registered, or not pages (in-place mode: also hugetlb, or no vma_share_anon_pages())"
     } else {
         "the page could not be replaced"
     }

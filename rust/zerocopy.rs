@@ -59,6 +59,7 @@ use kernel::{
 };
 
 mod ledger;
+mod order;
 mod timer;
 
 use ledger::bit;
@@ -337,8 +338,12 @@ impl Pool {
         unsafe { addr_of_mut!((*self.ubufs[slot.index].get()).ubuf) }
     }
 
-    /// The send of `slot` succeeded: the network stack completes it.
-    pub(crate) fn sent(&self, ledger: &mut Ledger, slot: Slot) {
+    /// The send of `slot` succeeded: the network stack completes it. `in_order`
+    /// (`VIRTIO_F_IN_ORDER`): its head is held in order, and heads taken after it wait
+    /// for it. Returns `false` if the order had no room for it (the caller checked
+    /// [`Ledger::order_full`] first); its head is then returned on its own.
+    pub(crate) fn sent(&self, ledger: &mut Ledger, slot: Slot, in_order: bool) -> bool {
+        let held = !in_order || ledger.hold_sent(slot.index, ledger.head(slot.index));
         ledger.stats.sent += 1;
         let pages = ledger.npages.get(slot.index).copied().unwrap_or(0);
         crate::trace::zc_send(
@@ -347,6 +352,7 @@ impl Pool {
             ledger.head(slot.index),
             u32::from(pages),
         );
+        held
     }
 
     /// The send of `slot` failed. The socket either never attached the `ubuf_info` to an
@@ -471,7 +477,8 @@ impl Pool {
     }
 
     /// Takes the completed slots out of the table: their heads go to `heads` (up to its
-    /// length; the rest stay for the next call) unless they are stale. Returns how many
+    /// length; the rest stay for the next call) unless they are stale, or held in order
+    /// (then the done heads at the front of the order go, in order). Returns how many
     /// heads were written.
     pub(crate) fn reap(&self, ledger: &mut Ledger, heads: &mut [u16]) -> usize {
         let mut n = 0;
@@ -481,7 +488,8 @@ impl Pool {
                 let m = pending & pending.wrapping_neg();
                 pending &= !m;
                 let stale = ledger.stale[w] & m != 0;
-                if !stale && n == heads.len() {
+                let ordered = ledger.ordered[w] & m != 0;
+                if !stale && !ordered && n == heads.len() {
                     return n;
                 }
                 set_bits(&self.reaped[w], m);
@@ -497,14 +505,16 @@ impl Pool {
                     ledger.stats.copied += 1;
                     ledger.window.1 = ledger.window.1.saturating_add(1);
                 }
-                if stale {
+                if stale || ledger.release_ordered(index) {
                     continue;
                 }
                 heads[n] = ledger.heads[index];
                 n += 1;
             }
         }
-        n
+        n + heads
+            .get_mut(n..)
+            .map_or(0, |rest| ledger.pop_ordered(rest))
     }
 
     /// Makes the timer fire by `deadline` at the latest.

@@ -140,7 +140,8 @@ t_bad_params() {
 # The module's KUnit suites ran when it was loaded; their KTAP is in the kernel log. The
 # kernel's own parser reads it (tools/testing/kunit/kunit.py parse, whose status fails on
 # any failed or crashed test), and each of the module's suites must be there with tests.
-KUNIT_SUITES=(vhost_net_zc_params vhost_net_zc_tx vhost_net_zc_uapi vhost_net_zc_offline vhost_net_zc_ledger)
+KUNIT_SUITES=(vhost_net_zc_params vhost_net_zc_tx vhost_net_zc_uapi vhost_net_zc_offline vhost_net_zc_ledger
+	      vhost_net_zc_order)
 t_kunit() {
 	local dir start rc=0
 	dir=$(mktemp -d)

@@ -324,6 +324,38 @@ int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len)
 	return 1;
 }
 
+int vg_reap_in_order(struct vg_guest *g, unsigned int idx, const int *posted, int n, int *next,
+		     int want, uint32_t *len, int timeout_ms)
+{
+	struct vg_vq *vq = &g->vq[idx];
+	int got = 0;
+
+	for (int waited = 0;;) {
+		uint16_t used_idx = __atomic_load_n(&vq->used->idx, __ATOMIC_ACQUIRE);
+
+		while (vq->last_used != used_idx) {
+			struct vring_used_elem *e = &vq->used->ring[vq->last_used % vq->num];
+			int p = *next;
+
+			while (p < n && (uint32_t)posted[p] != e->id)
+				p++;
+			if (p == n)
+				return -EPROTO;
+			if (len)
+				*len = e->len;
+			vq->last_used += p - *next + 1;
+			got += p - *next + 1;
+			*next = p + 1;
+		}
+		__atomic_store_n(&vq->avail->ring[vq->num], vq->last_used, __ATOMIC_RELEASE);
+		if (*next >= want || waited >= timeout_ms)
+			return got;
+		if (vg_wait_call(g, idx, 50) < 0)
+			return got;
+		waited += 50;
+	}
+}
+
 static int wait_fd(int fd, int timeout_ms)
 {
 	struct pollfd p = { .fd = fd, .events = POLLIN };

@@ -83,6 +83,16 @@ int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint3
 int vg_post_indirect(struct vg_guest *g, unsigned int idx, void *const *bufs,
 		     const uint32_t *lens, unsigned int n, bool writable);
 int vg_reap(struct vg_guest *g, unsigned int idx, uint32_t *id, uint32_t *len);
+/*
+ * Reaping under VIRTIO_F_IN_ORDER, as a driver does: one used entry may return a batch,
+ * naming its last buffer, the used index moved past all of them. @posted holds the n heads
+ * in the order they were made available, *@next the first not returned yet; every entry
+ * must name one of posted[*next..n-1], and returns the buffers up to it (*@len: the
+ * entry's length). Waits up to @timeout_ms for *@next to reach @want. Returns how many
+ * buffers came back, or -EPROTO for an entry naming a head out of order.
+ */
+int vg_reap_in_order(struct vg_guest *g, unsigned int idx, const int *posted, int n, int *next,
+		     int want, uint32_t *len, int timeout_ms);
 
 /*
  * Counter @name of the open /dev/vhost-net-zc device, from debugfs

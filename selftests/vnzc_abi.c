@@ -156,10 +156,10 @@ TEST_F(abi, documented_differences)
 	EXPECT_EQ(EOPNOTSUPP, errno_of(self->g[1].fd, VHOST_SET_FEATURES, &f));
 	EXPECT_EQ(0, errno_of(self->g[0].fd, VHOST_SET_BACKEND_FEATURES, &bf));
 	EXPECT_EQ(EOPNOTSUPP, errno_of(self->g[1].fd, VHOST_SET_BACKEND_FEATURES, &bf));
-	/* In-order completion: offered by stock, not by us (completions are out of order). */
+	/* In-order use of buffers: offered by both. */
 	f = 1ULL << VIRTIO_F_IN_ORDER;
 	EXPECT_EQ(0, errno_of(self->g[0].fd, VHOST_SET_FEATURES, &f));
-	EXPECT_EQ(EOPNOTSUPP, errno_of(self->g[1].fd, VHOST_SET_FEATURES, &f));
+	EXPECT_EQ(0, errno_of(self->g[1].fd, VHOST_SET_FEATURES, &f));
 }
 
 TEST_F(abi, mem_table)

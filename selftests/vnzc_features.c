@@ -27,14 +27,14 @@ static const uint64_t zc_features =
 	B(VIRTIO_F_NOTIFY_ON_EMPTY) | B(VIRTIO_RING_F_INDIRECT_DESC) |
 	B(VIRTIO_RING_F_EVENT_IDX) | B(VHOST_F_LOG_ALL) | B(VIRTIO_F_ANY_LAYOUT) |
 	B(VIRTIO_F_VERSION_1) | B(VHOST_NET_F_VIRTIO_NET_HDR) | B(VIRTIO_NET_F_MRG_RXBUF) |
-	B(VIRTIO_F_RING_RESET);
+	B(VIRTIO_F_RING_RESET) | B(VIRTIO_F_IN_ORDER);
 
 /* Feature word 1: the UDP tunnel GSO offloads, as stock 7.3 offers them. */
 static const uint64_t zc_features_word1 =
 	B(VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO - 64) | B(VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO - 64);
 
-/* Never offered: the device IOTLB (no poll on the file) and in-order completion. */
-static const uint64_t zc_never = B(VIRTIO_F_ACCESS_PLATFORM) | B(VIRTIO_F_IN_ORDER);
+/* Never offered: the device IOTLB (no poll on the file). */
+static const uint64_t zc_never = B(VIRTIO_F_ACCESS_PLATFORM);
 
 FIXTURE(dev) {
 	int zc;
@@ -109,7 +109,7 @@ TEST_F(dev, get_features_array)
  * Every feature word and the backend features, against stock 7.3's: never a bit stock does
  * not offer, and of stock's bits exactly the documented ones missing
  * (Documentation/admin-guide.rst, "Features"): the device IOTLB (ACCESS_PLATFORM and the
- * backend's IOTLB_MSG_V2) and IN_ORDER.
+ * backend's IOTLB_MSG_V2).
  */
 TEST_F(dev, offered_sets)
 {

@@ -15,6 +15,7 @@ use kernel::{
 };
 
 use super::{
+    order::TxOrder,
     MAX_PAGES,
     MAX_PEND,
     WORDS, //
@@ -86,6 +87,12 @@ pub(crate) struct Ledger {
     pub(super) stats: Stats,
     /// Packets and copied completions in the current window of the zero-copy heuristic.
     pub(super) window: (u32, u32),
+    /// Under `VIRTIO_F_IN_ORDER`: the heads taken from the oldest zero-copy buffer still
+    /// outstanding on, in order.
+    pub(super) order: TxOrder,
+    /// Bit `i` set: slot `i`'s head waits in `order` (its completion or offline marks it
+    /// done there, rather than returning it).
+    pub(super) ordered: [u64; WORDS],
     /// The device's number, for its tracepoints.
     pub(crate) dev: u64,
 }
@@ -153,8 +160,57 @@ impl Ledger {
             timeout: Delta::from_millis(i64::from(timeout_ms)),
             stats: Stats::default(),
             window: (0, 0),
+            order: TxOrder::new()?,
+            ordered: [0; WORDS],
             dev,
         })
+    }
+
+    /// Whether heads are held back in order: a head done with now must wait behind them
+    /// ([`Ledger::hold_done`]) rather than go to the used ring.
+    pub(crate) fn holding_order(&self) -> bool {
+        !self.order.is_empty()
+    }
+
+    /// Whether no further head can be held back in order: the TX handler takes no chain
+    /// until a completion or an offline makes room.
+    pub(crate) fn order_full(&self) -> bool {
+        self.order.is_full()
+    }
+
+    /// Holds back `head`, done with, behind the heads held in order. Returns `false` if
+    /// there is no room (the caller checked [`Ledger::order_full`] first).
+    pub(crate) fn hold_done(&mut self, head: u16) -> bool {
+        self.order.push(head, None)
+    }
+
+    /// Slot `index`, just sent for `head`, is held in order until it completes.
+    pub(super) fn hold_sent(&mut self, index: usize, head: u16) -> bool {
+        let (w, m) = bit(index);
+        if !self.order.push(head, Some(index)) {
+            return false;
+        }
+        self.ordered[w] |= m;
+        true
+    }
+
+    /// Slot `index` is done with (completed or offlined): if its head is held in order,
+    /// it is marked done there, and `true` returned (the head must not be returned on its
+    /// own).
+    pub(crate) fn release_ordered(&mut self, index: usize) -> bool {
+        let (w, m) = bit(index);
+        if self.ordered[w] & m == 0 {
+            return false;
+        }
+        self.ordered[w] &= !m;
+        self.order.complete(index);
+        true
+    }
+
+    /// Moves the heads at the front of the order that are done into `out`, in order, as
+    /// many as it holds. Returns how many.
+    pub(crate) fn pop_ordered(&mut self, out: &mut [u16]) -> usize {
+        self.order.pop_done(out)
     }
 
     /// Reserved slots whose heads the guest has not had back: what counts against the
@@ -256,6 +312,9 @@ impl Ledger {
             n += fresh.count_ones() as usize;
             self.stale[w] |= self.busy[w];
         }
+        // The heads held in order behind them belonged to that ring too.
+        self.order.clear();
+        self.ordered = [0; WORDS];
         self.stats.abandoned += n as u64;
         n
     }
