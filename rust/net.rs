@@ -358,6 +358,8 @@ fn handle_rx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>) {
     let vhost_hlen = vhost_hdr_len(vq);
     let sock_hlen = if vhost_hlen == 0 { net_hdr_len(vq) } else { 0 };
     let mergeable = vq.has_feature(crate::ffi::bindings::VIRTIO_NET_F_MRG_RXBUF);
+    // The header has num_buffers (the 12-byte layout), which the device sets, with either.
+    let set_num_buffers = mergeable || vq.has_feature(crate::ffi::bindings::VIRTIO_F_VERSION_1);
     let quota = if mergeable {
         kernel::bindings::UIO_MAXIOV
     } else {
@@ -418,7 +420,7 @@ fn handle_rx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>) {
             vq.discard_rx(&bufs);
             break;
         }
-        if mergeable {
+        if set_num_buffers {
             let count = vq.to_vhost16(u16::try_from(bufs.heads).unwrap_or(u16::MAX));
             if vq
                 .write_iov(bufs.iovs, NET_HDR_BASE, &count.to_ne_bytes())

@@ -240,6 +240,11 @@ TEST_F(net, rx_byte_exact)
 		EXPECT_EQ((uint32_t)head, id);
 		EXPECT_EQ(HDR_LEN + sizes[s], len);
 		EXPECT_EQ(0, memcmp(buf + HDR_LEN, frame, sizes[s]));
+		/*
+		 * VERSION_1 without mergeable buffers: the header's num_buffers is 1 (the
+		 * virtio spec; a tap writes 0 there, as in a legacy header).
+		 */
+		EXPECT_EQ(1, buf[10] | buf[11] << 8) TH_LOG("num_buffers %#x", buf[10] | buf[11] << 8);
 	}
 }
 
@@ -706,10 +711,14 @@ static void vhost_hdr_roundtrip(struct __test_metadata *_metadata, struct _test_
 	EXPECT_EQ((uint32_t)head, id);
 	EXPECT_EQ(hdr_len + 500, len);
 	/*
-	 * struct virtio_net_hdr; as in stock, num_buffers is only written with mergeable
-	 * buffers, and the rest of a longer header is left as the guest had it.
+	 * struct virtio_net_hdr, then, as in stock, num_buffers (1: one buffer) with
+	 * VERSION_1 or mergeable buffers; the rest of a longer header is left as the guest
+	 * had it.
 	 */
 	EXPECT_EQ(0, memcmp(buf, zero, sizeof(struct virtio_net_hdr)));
+	if (hdr_len >= sizeof(struct virtio_net_hdr_mrg_rxbuf))
+		EXPECT_EQ(1, buf[10] | buf[11] << 8) TH_LOG("num_buffers %#x",
+							     buf[10] | buf[11] << 8);
 	EXPECT_EQ(0, memcmp(buf + hdr_len, got, 500));
 
 	EXPECT_EQ(0, vg_set_backend(&self->g, VG_TX, -1));
