@@ -568,7 +568,7 @@ fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
         };
         match batched {
             Batched::Copied => {
-                ledger.count_copy();
+                ledger.count_batched();
                 used.done(vq, &mut ledger, &chain);
             }
             Batched::Dropped => used.done(vq, &mut ledger, &chain),

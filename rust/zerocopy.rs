@@ -704,7 +704,7 @@ impl Pool {
     ) -> core::fmt::Result {
         let ledger = self.ledger();
         let stats = ledger.stats();
-        let counters: [(&str, u64); 18] = [
+        let counters: [(&str, u64); 19] = [
             ("sent_zerocopy", stats.sent),
             ("completed", stats.completed),
             ("completed_copied", stats.copied),
@@ -713,6 +713,7 @@ impl Pool {
             ("in_flight", self.inflight() as u64),
             ("in_flight_expired", ledger.expired() as u64),
             ("sent_copy", stats.sent_copy),
+            ("sent_batched", stats.sent_batched),
             ("offlined", stats.offlined),
             ("offlined_pages", stats.offlined_pages),
             ("held_pages", self.held_pages(&ledger)),

@@ -272,12 +272,13 @@ TEST_F_TIMEOUT(off, fdinfo_counters, 120)
 	send_held(_metadata, g, &f, 3, 60);
 	ASSERT_EQ(0, get_stats(g, &s));
 	/* Every counter, and the device line. */
-	ASSERT_EQ(19, fdinfo_line(getpid(), g->fd, "device", name, sizeof(name)));
+	ASSERT_EQ(20, fdinfo_line(getpid(), g->fd, "device", name, sizeof(name)));
 	snprintf(path, sizeof(path), "/sys/kernel/debug/vhost-net-zc/%s/stats", name);
 	EXPECT_EQ(0, access(path, R_OK)) TH_LOG("vnzc-device: %s, no %s", name, path);
 	EXPECT_EQ((long)s.sent_zerocopy, fdinfo_counter(getpid(), g->fd, "sent_zerocopy"));
 	EXPECT_EQ(3, fdinfo_counter(getpid(), g->fd, "in_flight"));
 	EXPECT_EQ((long)s.sent_copy, fdinfo_counter(getpid(), g->fd, "sent_copy"));
+	EXPECT_LE(0, fdinfo_counter(getpid(), g->fd, "sent_batched"));
 	EXPECT_EQ(TIMEOUT_MS, fdinfo_counter(getpid(), g->fd, "timeout_ms"));
 	EXPECT_EQ(0, fdinfo_counter(getpid(), g->fd, "offlined"));
 	/* An administrator's tool reads it by the VMM's PID. */

@@ -38,6 +38,8 @@ pub(crate) struct Stats {
     pub(crate) expired: u64,
     /// Buffers sent by copy.
     pub(crate) sent_copy: u64,
+    /// Of those, buffers handed to the socket in a batch (`TUN_MSG_PTR`).
+    pub(crate) sent_batched: u64,
     /// Buffers whose pages were offlined (and whose heads were returned, if the ring could
     /// be reached).
     pub(crate) offlined: u64,
@@ -267,6 +269,12 @@ impl Ledger {
     /// Counts a buffer sent by copy.
     pub(crate) fn count_copy(&mut self) {
         self.stats.sent_copy += 1;
+    }
+
+    /// Counts a buffer sent by copy in a batch.
+    pub(crate) fn count_batched(&mut self) {
+        self.stats.sent_copy += 1;
+        self.stats.sent_batched += 1;
     }
 
     /// Records the time a reset spent on zero-copy buffers.
