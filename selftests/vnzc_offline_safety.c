@@ -456,13 +456,14 @@ FIXTURE_TEARDOWN(shared)
 	env_teardown(_metadata, &self->e);
 }
 
-TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
+/*
+ * Sends 4 frames into the plugged port with a 20 ms deadline, waits past it and detaches
+ * the TX backend: the reset's offlines are refused (shared memory), the 4 stay in flight.
+ * Their heads go to @old.
+ */
+static void hold_four_refused(struct __test_metadata *_metadata, struct vg_guest *g, int old[4])
 {
-	struct vg_guest *g = &self->e.g;
 	struct vhost_net_zc_stats s;
-	struct vg_vq *vq = &g->vq[VG_TX];
-	uint32_t ids[16];
-	int old[4], fresh[2], n;
 
 	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	for (int i = 0; i < 4; i++) {
@@ -474,16 +475,40 @@ TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
 	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(4, (long)s.offline_refused);
-	EXPECT_EQ(0, reap_all(g, ids, 16, 100)) TH_LOG("a refused buffer's head came back");
-	/* The guest reboots: new rings, somewhere else, starting at index 0. */
-	close(vq->kick_fd);
-	close(vq->call_fd);
-	close(vq->err_fd);
-	ASSERT_EQ(0, vg_setup_vq(g, VG_TX, RING));
-	vq->avail_idx = vq->last_used = vq->next_desc = 0;
+}
+
+/* Sets the TX ring's size, index @base and addresses to those it has, as QEMU does. */
+static void set_same_ring(struct __test_metadata *_metadata, struct vg_guest *g, uint32_t base)
+{
+	struct vg_vq *vq = &g->vq[VG_TX];
+	struct vhost_vring_state st = { .index = VG_TX, .num = RING };
+	struct vhost_vring_addr addr = {
+		.index = VG_TX,
+		.desc_user_addr = (uint64_t)(uintptr_t)vq->desc,
+		.avail_user_addr = (uint64_t)(uintptr_t)vq->avail,
+		.used_user_addr = (uint64_t)(uintptr_t)vq->used,
+	};
+
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_NUM, &st));
+	st.num = base;
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
+	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr));
+}
+
+/*
+ * After the TX ring was set up anew with the 4 buffers of hold_four_refused() in flight:
+ * they were abandoned; with @tap_fd attached again, 2 fresh frames are sent and the qdisc
+ * released, and the ring receives exactly the 2 fresh heads.
+ */
+static void only_fresh_heads(struct __test_metadata *_metadata, struct vg_guest *g, int tap_fd)
+{
+	struct vhost_net_zc_stats s;
+	uint32_t ids[16];
+	int fresh[2], n;
+
 	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(4, (long)s.abandoned);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, tap_fd));
 	for (int i = 0; i < 2; i++) {
 		fresh[i] = send_frame(g, mac_free, ZC_LEN, 10 + i, NULL);
 		ASSERT_LE(0, fresh[i]);
@@ -497,6 +522,24 @@ TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
 		EXPECT_TRUE(ids[j] == (uint32_t)fresh[0] || ids[j] == (uint32_t)fresh[1])
 			TH_LOG("head %u in the new ring is not one sent on it", ids[j]);
 	}
+}
+
+TEST_F_TIMEOUT(shared, ring_reprogrammed, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct vg_vq *vq = &g->vq[VG_TX];
+	uint32_t ids[16];
+	int old[4];
+
+	hold_four_refused(_metadata, g, old);
+	EXPECT_EQ(0, reap_all(g, ids, 16, 100)) TH_LOG("a refused buffer's head came back");
+	/* The guest reboots: new rings, somewhere else, starting at index 0. */
+	close(vq->kick_fd);
+	close(vq->call_fd);
+	close(vq->err_fd);
+	ASSERT_EQ(0, vg_setup_vq(g, VG_TX, RING));
+	vq->avail_idx = vq->last_used = vq->next_desc = 0;
+	only_fresh_heads(_metadata, g, self->e.tap_fd);
 }
 
 /*
@@ -534,31 +577,14 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
 {
 	struct vg_guest *g = &self->e.g;
 	struct vhost_net_zc_stats s;
-	struct vg_vq *vq = &g->vq[VG_TX];
 	struct vhost_vring_state st = { .index = VG_TX };
-	struct vhost_vring_addr addr = {
-		.index = VG_TX,
-		.desc_user_addr = (uint64_t)(uintptr_t)vq->desc,
-		.avail_user_addr = (uint64_t)(uintptr_t)vq->avail,
-		.used_user_addr = (uint64_t)(uintptr_t)vq->used,
-	};
 	uint32_t ids[16];
 	int old[4], n;
 
-	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
-	for (int i = 0; i < 4; i++) {
-		old[i] = send_frame(g, mac_held, ZC_LEN, i, NULL);
-		ASSERT_LE(0, old[i]);
-	}
-	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 4, 3000));
-	usleep(30 * 1000);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	hold_four_refused(_metadata, g, old);
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_GET_VRING_BASE, &st));
 	ASSERT_EQ(4U, st.num);
-	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_NUM,
-			   &(struct vhost_vring_state){ .index = VG_TX, .num = RING }));
-	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
-	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr));
+	set_same_ring(_metadata, g, st.num);
 	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(0, (long)s.abandoned);
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
@@ -587,33 +613,17 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
 TEST_F_TIMEOUT(shared, ring_reset_at_index_wrap, 120)
 {
 	struct vg_guest *g = &self->e.g;
-	struct vhost_net_zc_stats s;
 	struct vg_vq *vq = &g->vq[VG_TX];
-	struct vhost_vring_state st = { .index = VG_TX };
-	struct vhost_vring_addr addr = {
-		.index = VG_TX,
-		.desc_user_addr = (uint64_t)(uintptr_t)vq->desc,
-		.avail_user_addr = (uint64_t)(uintptr_t)vq->avail,
-		.used_user_addr = (uint64_t)(uintptr_t)vq->used,
-	};
-	uint32_t ids[16];
-	int fresh[2], n;
+	struct vhost_vring_state st = { .index = VG_TX, .num = 65532 };
+	int old[4];
 
-	ASSERT_EQ(0, zc_set(g, VHOST_NET_ZC_SET_TIMEOUT, 20));
 	/* The ring 4 buffers short of 65536 made available, and as many used. */
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
-	st.num = 65532;
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
 	vq->avail_idx = vq->last_used = 65532;
 	vq->avail->idx = vq->used->idx = 65532;
 	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
-	for (int i = 0; i < 4; i++)
-		ASSERT_LE(0, send_frame(g, mac_held, ZC_LEN, i, NULL));
-	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 4, 3000));
-	usleep(30 * 1000);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
-	ASSERT_EQ(0, zc_stats(g, &s));
-	EXPECT_EQ(4, (long)s.offline_refused);
+	hold_four_refused(_metadata, g, old);
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_GET_VRING_BASE, &st));
 	ASSERT_EQ(0U, st.num) TH_LOG("the index did not wrap to 0");
 	/* The guest resets the queue in place: same memory, zeroed, index 0. */
@@ -622,23 +632,8 @@ TEST_F_TIMEOUT(shared, ring_reset_at_index_wrap, 120)
 	memset(vq->used, 0, sizeof(*vq->used) + sizeof(struct vring_used_elem) * vq->num +
 	       sizeof(uint16_t));
 	vq->avail_idx = vq->last_used = vq->next_desc = 0;
-	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_NUM,
-			   &(struct vhost_vring_state){ .index = VG_TX, .num = RING }));
-	st.num = 0;
-	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
-	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr));
-	ASSERT_EQ(0, zc_stats(g, &s));
-	EXPECT_EQ(4, (long)s.abandoned);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
-	for (int i = 0; i < 2; i++) {
-		fresh[i] = send_frame(g, mac_free, ZC_LEN, 10 + i, NULL);
-		ASSERT_LE(0, fresh[i]);
-	}
-	plug(false);
-	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
-	n = reap_all(g, ids, 2, 2000);
-	n += reap_all(g, ids + n, 16 - n, 300);
-	EXPECT_EQ(2, n) TH_LOG("%d heads in the reset ring, 2 expected", n);
+	set_same_ring(_metadata, g, 0);
+	only_fresh_heads(_metadata, g, self->e.tap_fd);
 	EXPECT_EQ(2, vq->used->idx) TH_LOG("used index %u after 2 buffers", vq->used->idx);
 }
 
