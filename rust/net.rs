@@ -15,9 +15,9 @@
 use kernel::{
     debugfs,
     fs::File,
-    miscdevice::{
-        MiscDevice,
-        MiscDeviceRegistration, //
+    iov::{
+        IovIterDest,
+        IovIterSource, //
     },
     new_mutex,
     prelude::*,
@@ -38,6 +38,10 @@ use kernel::{
 };
 
 use crate::{
+    miscdev::{
+        FileOps,
+        PollTable, //
+    },
     offline::{
         self,
         BufPage,
@@ -829,6 +833,12 @@ impl VhostNetZc {
         if uapi::has_feature(features, uapi::VHOST_F_LOG_ALL) && !dev.log_access_ok() {
             return Err(EFAULT);
         }
+        if uapi::has_feature(features, uapi::VIRTIO_F_ACCESS_PLATFORM) {
+            // The errno stock vhost-net gives for any failure here.
+            dev.init_device_iotlb().map_err(|_| EFAULT)?;
+        } else {
+            dev.clear_device_iotlb();
+        }
         for index in 0..NVQS as u32 {
             self.vhost.vq(index)?.set_acked_features(features);
         }
@@ -836,16 +846,18 @@ impl VhostNetZc {
         Ok(0)
     }
 
-    /// `VHOST_SET_BACKEND_FEATURES`.
+    /// `VHOST_SET_BACKEND_FEATURES`: with `VHOST_BACKEND_F_IOTLB_MSG_V2`, device-IOTLB
+    /// messages are `struct vhost_msg_v2` both ways.
     ///
     /// # Errors
     ///
-    /// `EOPNOTSUPP` for any bit: the device offers no backend features.
-    fn set_backend_features(arg: UserPtr) -> Result<isize> {
+    /// `EFAULT` if the argument cannot be read, `EOPNOTSUPP` for a bit not offered.
+    fn set_backend_features(&self, arg: UserPtr) -> Result<isize> {
         let features: u64 = UserSlice::new(arg, WORD).reader().read()?;
         if features & !uapi::BACKEND_FEATURES != 0 {
             return Err(EOPNOTSUPP);
         }
+        self.vhost.set_backend_features(features);
         Ok(0)
     }
 
@@ -1094,11 +1106,10 @@ impl VhostNetZc {
     }
 }
 
-#[vtable]
-impl MiscDevice for VhostNetZc {
+impl FileOps for VhostNetZc {
     type Ptr = Pin<KVBox<Self>>;
 
-    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
+    fn open(_file: &File) -> Result<Self::Ptr> {
         let state = NetState::new()?;
         KVBox::try_pin_init(
             try_pin_init!(VhostNetZc {
@@ -1112,6 +1123,27 @@ impl MiscDevice for VhostNetZc {
     fn release(device: Self::Ptr, _file: &File) {
         device.vhost.shutdown();
         drop(device);
+    }
+
+    /// The device IOTLB's next miss message, `struct vhost_msg` or `struct vhost_msg_v2`
+    /// (`VHOST_BACKEND_F_IOTLB_MSG_V2`); the read blocks for one unless the file is
+    /// non-blocking.
+    fn read_iter(me: Pin<&VhostNetZc>, file: &File, iov: &mut IovIterDest<'_>) -> Result<usize> {
+        let nonblock = file.flags() & kernel::fs::file::flags::O_NONBLOCK != 0;
+        me.vhost.iotlb_read(iov, nonblock)
+    }
+
+    /// A device-IOTLB update or invalidation from the VMM. Zero-copy buffers in flight
+    /// keep the pages they were sent with: they are found and offlined by the owner's
+    /// addresses taken at send time, not by their I/O virtual addresses, so an
+    /// invalidation changes nothing for them, as a memory table change does not.
+    fn write_iter(me: Pin<&VhostNetZc>, iov: &mut IovIterSource<'_>) -> Result<usize> {
+        me.vhost.iotlb_write(iov)
+    }
+
+    /// Readable (`EPOLLIN`) while a device-IOTLB miss waits to be read.
+    fn poll(me: Pin<&VhostNetZc>, file: &File, table: &PollTable<'_>) -> u32 {
+        me.vhost.iotlb_poll(file, table)
     }
 
     /// `/proc/<pid>/fdinfo/<fd>` of the VMM: the device's name (its debugfs directory) and
@@ -1134,7 +1166,7 @@ impl MiscDevice for VhostNetZc {
             uapi::VHOST_GET_FEATURES_ARRAY => Self::get_features_array(arg),
             uapi::VHOST_SET_FEATURES_ARRAY => me.set_features_array(arg),
             uapi::VHOST_GET_BACKEND_FEATURES => Self::put_u64(arg, uapi::BACKEND_FEATURES),
-            uapi::VHOST_SET_BACKEND_FEATURES => Self::set_backend_features(arg),
+            uapi::VHOST_SET_BACKEND_FEATURES => me.set_backend_features(arg),
             uapi::VHOST_RESET_OWNER => me.reset_owner(),
             uapi::VHOST_SET_OWNER => me.set_owner(),
             uapi::VHOST_NET_ZC_SET_TIMEOUT => me.set_timeout(arg),

@@ -67,6 +67,9 @@ pub(crate) const VHOST_NET_F_VIRTIO_NET_HDR: u32 = b::VHOST_NET_F_VIRTIO_NET_HDR
 /// Feature bit: dirty-page logging of guest memory writes.
 pub(crate) const VHOST_F_LOG_ALL: u32 = b::VHOST_F_LOG_ALL;
 
+/// Feature bit: the device accesses guest memory through an IOMMU (here the device IOTLB).
+pub(crate) const VIRTIO_F_ACCESS_PLATFORM: u32 = b::VIRTIO_F_ACCESS_PLATFORM;
+
 /// Number of 64-bit words in the kernel's virtio feature array.
 pub(crate) const FEATURE_WORDS: usize = b::VNZC_VIRTIO_FEATURES_U64S as usize;
 
@@ -79,10 +82,11 @@ const fn bit(nr: u32) -> u64 {
 /// The vhost core's generic set (`VHOST_FEATURES` in `vhost.h`) plus the net header,
 /// mergeable RX buffers, the per-queue reset (a queue's backend is detached, its ring
 /// laid out again and the backend attached, which the device handles like any backend
-/// change) and in-order use of buffers (zero-copy heads are then returned in the order
-/// taken, a stuck one offlined in place at its deadline: see `zerocopy::order`). Left out on purpose, so
-/// never advertised: `VIRTIO_F_ACCESS_PLATFORM` (device IOTLB): the IOTLB message channel
-/// needs `poll` on the device file, which the Rust `MiscDevice` does not offer.
+/// change), in-order use of buffers (zero-copy heads are then returned in the order
+/// taken, a stuck one offlined in place at its deadline: see `zerocopy::order`) and the
+/// device IOTLB (`VIRTIO_F_ACCESS_PLATFORM`: the vhost core translates I/O virtual
+/// addresses with the entries the VMM writes to the device file, which it polls for
+/// misses): the same set as stock vhost-net 7.3.
 pub(crate) const NET_FEATURES: u64 = bit(b::VIRTIO_F_NOTIFY_ON_EMPTY)
     | bit(b::VIRTIO_RING_F_INDIRECT_DESC)
     | bit(b::VIRTIO_RING_F_EVENT_IDX)
@@ -92,7 +96,8 @@ pub(crate) const NET_FEATURES: u64 = bit(b::VIRTIO_F_NOTIFY_ON_EMPTY)
     | bit(b::VHOST_NET_F_VIRTIO_NET_HDR)
     | bit(b::VIRTIO_NET_F_MRG_RXBUF)
     | bit(b::VIRTIO_F_RING_RESET)
-    | bit(b::VIRTIO_F_IN_ORDER);
+    | bit(b::VIRTIO_F_IN_ORDER)
+    | bit(b::VIRTIO_F_ACCESS_PLATFORM);
 
 /// The virtio features of word 1 (bits 64..127): the UDP tunnel GSO offloads, as stock 7.3
 /// offers them. The device only needs their header length
@@ -110,8 +115,9 @@ pub(crate) const VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO: u32 = b::VIRTIO_NET_F_HOST_UD
 /// feature is acknowledged.
 pub(crate) const NET_HDR_TUNNEL_LEN: usize = b::VNZC_NET_HDR_TUNNEL_LEN as usize;
 
-/// The vhost backend features this device offers: none yet (no IOTLB, see [`NET_FEATURES`]).
-pub(crate) const BACKEND_FEATURES: u64 = 0;
+/// The vhost backend features this device offers, as stock vhost-net: the second format of
+/// the device-IOTLB messages (`struct vhost_msg_v2`).
+pub(crate) const BACKEND_FEATURES: u64 = bit(b::VHOST_BACKEND_F_IOTLB_MSG_V2);
 
 /// Whether feature `bit` is set in `words`.
 pub(crate) fn has_feature(words: &[u64; FEATURE_WORDS], bit: u32) -> bool {
@@ -152,10 +158,11 @@ mod tests {
             b::VHOST_F_LOG_ALL,
             b::VIRTIO_F_RING_RESET,
             b::VIRTIO_F_IN_ORDER,
+            b::VIRTIO_F_ACCESS_PLATFORM,
         ] {
             assert_ne!(NET_FEATURES & bit(nr), 0);
         }
-        assert_eq!(NET_FEATURES & bit(b::VIRTIO_F_ACCESS_PLATFORM), 0);
+        assert_eq!(BACKEND_FEATURES, bit(b::VHOST_BACKEND_F_IOTLB_MSG_V2));
         let words = [NET_FEATURES, NET_FEATURES_WORD1];
         assert!(has_feature(&words, VIRTIO_NET_F_GUEST_UDP_TUNNEL_GSO));
         assert!(has_feature(&words, VIRTIO_NET_F_HOST_UDP_TUNNEL_GSO));

@@ -33,6 +33,10 @@ use kernel::{
     error::to_result,
     ffi,
     fs::File,
+    iov::{
+        IovIterDest,
+        IovIterSource, //
+    },
     mm::{
         Mm,
         MmWithUser, //
@@ -50,7 +54,10 @@ use kernel::{
     uaccess::UserPtr,
 };
 
-use crate::ffi::bindings;
+use crate::{
+    ffi::bindings,
+    miscdev::PollTable, //
+};
 
 /// Per-device limits handed to the vhost core.
 #[derive(Clone, Copy)]
@@ -358,6 +365,50 @@ impl<D: Driver<N>, const N: usize> VhostDev<D, N> {
         unsafe { Mm::from_raw(mm) }.mmget_not_zero()
     }
 
+    /// `read()` of the device file: the next device-IOTLB message (a miss, in the format
+    /// the backend features chose) into `iov`; waits for one unless `nonblock`. Called
+    /// without the device mutex, which the sender of a miss may hold.
+    ///
+    /// # Errors
+    ///
+    /// `EAGAIN` (`nonblock`, none pending), `ERESTARTSYS` (a signal), `EBADFD` (no device
+    /// IOTLB: `VIRTIO_F_ACCESS_PLATFORM` not acknowledged), `EFAULT`.
+    pub(crate) fn iotlb_read(&self, iov: &mut IovIterDest<'_>, nonblock: bool) -> Result<usize> {
+        // SAFETY: The device is initialised; the core guards its message lists with its own
+        // lock, and `iov` is a valid destination iterator.
+        let r = unsafe { bindings::vhost_chr_read_iter(self.raw(), iov.as_raw(), nonblock.into()) };
+        check_long(r as ffi::c_long).map(|n| n as usize)
+    }
+
+    /// `write()` of the device file: one device-IOTLB message from `iov` (an update or an
+    /// invalidation), applied under the device and virtqueue mutexes, which the core takes
+    /// itself. Returns the message's size.
+    ///
+    /// # Errors
+    ///
+    /// `EINVAL` for a short or unknown message, `EFAULT` for one the core refuses (no device
+    /// IOTLB, an address range the caller cannot access, an unknown operation).
+    pub(crate) fn iotlb_write(&self, iov: &mut IovIterSource<'_>) -> Result<usize> {
+        // SAFETY: The device is initialised and `iov` is a valid source iterator; the
+        // caller holds no lock of the device.
+        let r = unsafe { bindings::vhost_chr_write_iter(self.raw(), iov.as_raw()) };
+        check_long(r as ffi::c_long).map(|n| n as usize)
+    }
+
+    /// `poll()` of the device file: readable while a device-IOTLB message is pending.
+    pub(crate) fn iotlb_poll(&self, file: &File, table: &PollTable<'_>) -> u32 {
+        // SAFETY: The device is initialised; its wait queue lives until `shutdown()`, which
+        // runs at the file's release, after the VFS has removed every poll entry of it.
+        unsafe { bindings::vhost_chr_poll(file.as_ptr(), self.raw(), table.as_ptr()) }
+    }
+
+    /// Acknowledges vhost backend features on every virtqueue (the core takes the device
+    /// and virtqueue mutexes itself).
+    pub(crate) fn set_backend_features(&self, features: u64) {
+        // SAFETY: The device is initialised; the caller holds none of its locks.
+        unsafe { bindings::vhost_set_backend_features(self.raw(), features) }
+    }
+
     /// The driver's state.
     pub(crate) fn data(&self) -> &D {
         &self.data
@@ -600,6 +651,27 @@ impl<'a, D: Driver<N>, const N: usize> DevGuard<'a, D, N> {
     pub(crate) fn clear_msg(&self) {
         // SAFETY: The device is initialised and its mutex is held.
         unsafe { bindings::vhost_clear_msg(self.dev.raw()) }
+    }
+
+    /// Gives the device a fresh, empty device IOTLB (`VIRTIO_F_ACCESS_PLATFORM`
+    /// acknowledged): ring and buffer addresses are I/O virtual addresses from then on,
+    /// translated by the entries the VMM writes to the device file. One already there is
+    /// replaced, as stock vhost-net does on every `VHOST_SET_FEATURES` with the bit.
+    ///
+    /// # Errors
+    ///
+    /// `ENOMEM`, or `EINVAL` if the vhost core's `max_iotlb_entries` is not positive.
+    pub(crate) fn init_device_iotlb(&self) -> Result {
+        // SAFETY: The device is initialised and its mutex is held; the core takes each
+        // virtqueue's mutex itself, after it (the lock order).
+        to_result(unsafe { bindings::vhost_init_device_iotlb(self.dev.raw()) })
+    }
+
+    /// Drops the device IOTLB, if there is one: addresses are the memory table's again, and
+    /// a reader blocked for a miss returns `EBADFD`.
+    pub(crate) fn clear_device_iotlb(&self) {
+        // SAFETY: As in `init_device_iotlb()`.
+        unsafe { bindings::vhost_clear_device_iotlb(self.dev.raw()) }
     }
 
     /// The vhost core's generic ioctls: device ones (owner, memory table, log, workers)

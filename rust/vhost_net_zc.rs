@@ -21,7 +21,9 @@
 //! - [`mm`], [`offline`]: offlining the guest pages of expired buffers;
 //! - [`reset`]: what a reset does with the buffers in flight (settle, offline, return,
 //!   abandon);
-//! - [`net`]: the misc device, its ioctls and the datapath.
+//! - [`miscdev`]: the misc device registration, with the file operations (`poll` among
+//!   them) the kernel crate's `MiscDevice` lacks;
+//! - [`net`]: the device's file operations, its ioctls and the datapath.
 //!
 //! Lock order, outermost first (lockdep names in quotes where the module names them):
 //! 1. the vhost device mutex (`DevGuard`);
@@ -39,6 +41,7 @@
 //! `Documentation/design.rst` for the design.
 
 mod ffi;
+mod miscdev;
 mod mm;
 mod net;
 mod offline;
@@ -53,11 +56,7 @@ mod zerocopy;
 
 use kernel::{
     debugfs::Dir,
-    miscdevice::{
-        MiscDeviceOptions,
-        MiscDeviceRegistration, //
-    },
-    prelude::*,
+    prelude::*, //
 };
 
 module! {
@@ -139,7 +138,7 @@ pub(crate) fn ratelimit(last: &kernel::sync::atomic::Atomic<i64>) -> bool {
 #[pin_data]
 struct VhostNetZcModule {
     #[pin]
-    _misc: MiscDeviceRegistration<net::VhostNetZc>,
+    _misc: miscdev::Registration<net::VhostNetZc>,
     /// Dropped after the registration.
     _rcu: RcuBarrier,
     /// Dropped last: removes `vhost-net-zc/` from debugfs.
@@ -228,9 +227,6 @@ fn check_params() -> Result {
 
 impl kernel::InPlaceModule for VhostNetZcModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
-        let options = MiscDeviceOptions {
-            name: c"vhost-net-zc",
-        };
         let params = check_params();
         // SAFETY: Called once, before anything uses the lock.
         unsafe { DEBUGFS.init() };
@@ -241,7 +237,7 @@ impl kernel::InPlaceModule for VhostNetZcModule {
                 params?;
                 DebugfsRoot::new()
             },
-            _misc <- MiscDeviceRegistration::register(options),
+            _misc <- miscdev::Registration::register(c"vhost-net-zc"),
             _rcu: RcuBarrier,
         })
         .pin_chain(|_| {

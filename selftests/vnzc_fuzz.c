@@ -927,13 +927,10 @@ static unsigned int hdr_len_of(uint64_t f)
 }
 
 /*
- * Documented differences (Documentation/admin-guide.rst, "Features"; vnzc_abi
- * documented_differences): stock offers, vhost-net-zc refuses with EOPNOTSUPP,
- *   VIRTIO_F_ACCESS_PLATFORM and VHOST_BACKEND_F_IOTLB_MSG_V2 (device IOTLB);
- * and GET_FEATURES / GET_BACKEND_FEATURES answer different values (only errnos are
- * compared). Accepting ACCESS_PLATFORM also turns on stock's IOTLB, which changes the
- * later answers of SET_VRING_ADDR and SET_BACKEND, so the differential sequences never
- * set these bits: vnzc_abi checks them one by one.
+ * Never set by the differential sequences: VIRTIO_F_ACCESS_PLATFORM, which both devices
+ * offer. With it, ring and buffer addresses are IOVAs that only the VMM's answers to the
+ * device's IOTLB misses translate, and this guest answers none, so no chain would move;
+ * vnzc_iotlb drives that protocol, and vnzc_abi checks that both accept the bit.
  */
 static uint64_t diff_feature_mask(void)
 {
