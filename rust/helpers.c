@@ -88,14 +88,37 @@ u16 vnzc_cpu_to_vhost16(struct vhost_virtqueue *vq, u16 v)
 }
 
 /*
+ * The owner's address of the @size bytes at ring address @addr of @vq: @addr itself, or,
+ * with a device IOTLB, its translation if one readable entry maps all of them; 0 if none
+ * does. The caller holds @vq's mutex, under which the core changes the IOTLB.
+ */
+static unsigned long vnzc_ring_uaddr(struct vhost_virtqueue *vq, u64 addr, u64 size)
+{
+	struct vhost_iotlb_map *map;
+
+	if (!vq->iotlb)
+		return addr;
+	map = vhost_iotlb_itree_first(vq->iotlb, addr, addr + size - 1);
+	if (!map || map->start > addr || map->last < addr + size - 1 ||
+	    !(map->perm & VHOST_ACCESS_RO))
+		return 0;
+	return map->addr + (addr - map->start);
+}
+
+/*
  * The used index the guest's memory holds now (the caller's address space must be the
- * owner's), in CPU order: 0 and @idx set, or -EFAULT if the ring cannot be read.
+ * owner's), in CPU order: 0 and @idx set, or -EFAULT if the ring cannot be read (with a
+ * device IOTLB, also while no entry translates it).
  */
 int vnzc_vq_guest_used_idx(struct vhost_virtqueue *vq, u16 *idx)
 {
+	unsigned long uaddr;
 	__virtio16 v;
 
-	if (!vq->used || get_user(v, &vq->used->idx))
+	if (!vq->used)
+		return -EFAULT;
+	uaddr = vnzc_ring_uaddr(vq, (u64)(uintptr_t)&vq->used->idx, sizeof(v));
+	if (!uaddr || get_user(v, (__virtio16 __user *)uaddr))
 		return -EFAULT;
 	*idx = vhost16_to_cpu(vq, v);
 	return 0;
@@ -543,6 +566,15 @@ int vnzc_log_hva(struct vhost_virtqueue *vq, u64 hva, u64 len)
 
 	if (!vq->umem || !len)
 		return 0;
+	if (vq->iotlb) {
+		/* With a device IOTLB the core logs by host address: give it one. */
+		struct iovec iov = {
+			.iov_base = (void __user *)(uintptr_t)hva,
+			.iov_len = len,
+		};
+
+		return vhost_log_write(vq, NULL, 0, len, &iov, 1);
+	}
 	list_for_each_entry(map, &vq->umem->list, link) {
 		struct vhost_log log;
 		u64 start, end;
