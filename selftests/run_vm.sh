@@ -40,7 +40,7 @@ main)
 	PLAN_CASES=(module_load modinfo bad_params kunit kselftest_runner tracepoints
 		    dkms_package unload reload_cycles kmemleak dmesg_clean)
 	PLAN_HARNESSES=(vnzc_features vnzc_abi vnzc_abi_32 vnzc_datapath vnzc_datapath_32
-			vnzc_rings vnzc_zerocopy vnzc_offline vnzc_offline_safety vnzc_faults
+			vnzc_iotlb vnzc_rings vnzc_zerocopy vnzc_offline vnzc_offline_safety vnzc_faults
 			vnzc_scale vnzc_fuzz)
 	VNT_FLAGS=("" "--no-event-idx" "--no-indirect" "--delayed-interrupt"
 		   "--no-event-idx --no-indirect --delayed-interrupt")
@@ -274,6 +274,7 @@ suite_main() {
 	# 52 cases on four fixtures (tap, macvtap): 155-170 s on a quiet day.
 	VNZC_HARNESS_TIMEOUT=600 run_harness "$TESTS/vnzc_datapath"
 	VNZC_HARNESS_TIMEOUT=600 run_harness "$TESTS/vnzc_datapath_32"
+	run_harness "$TESTS/vnzc_iotlb"
 	run_harness "$TESTS/vnzc_rings"
 	# Eleven cases, each building the bridge fixture (15-25 s of ip and tc under TCG).
 	VNZC_KO=$VNZC_KO VNZC_HARNESS_TIMEOUT=900 run_harness "$TESTS/vnzc_zerocopy"

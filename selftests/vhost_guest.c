@@ -8,6 +8,7 @@
 #include <glob.h>
 #include <net/if.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,6 +97,7 @@ int vg_open_mem(struct vg_guest *g, const char *dev, size_t mem_size, int flags)
 
 void vg_close(struct vg_guest *g)
 {
+	vg_iotlb_stop(g);
 	for (int i = 0; i < VG_NVQS; i++) {
 		if (g->vq[i].kick_fd >= 0)
 			close(g->vq[i].kick_fd);
@@ -126,7 +128,24 @@ void *vg_alloc(struct vg_guest *g, size_t size, size_t align)
 
 uint64_t vg_gpa(const struct vg_guest *g, const void *hva)
 {
+	return (g->iotlb ? VG_IOVA_BASE : VG_GPA_BASE) + (uint64_t)((const uint8_t *)hva - g->mem);
+}
+
+uint64_t vg_ring_addr(const struct vg_guest *g, const void *hva)
+{
+	return g->iotlb ? vg_gpa(g, hva) : (uint64_t)(uintptr_t)hva;
+}
+
+uint64_t vg_phys(const struct vg_guest *g, const void *hva)
+{
 	return VG_GPA_BASE + (uint64_t)((const uint8_t *)hva - g->mem);
+}
+
+bool vg_logged(const uint8_t *bitmap, uint64_t gpa)
+{
+	uint64_t page = gpa / 4096;
+
+	return bitmap[page / 8] & (1 << (page % 8));
 }
 
 int vg_get_features(struct vg_guest *g, uint64_t *features)
@@ -141,17 +160,25 @@ int vg_set_owner(struct vg_guest *g)
 
 int vg_set_features(struct vg_guest *g, uint64_t features)
 {
-	return vg_ioctl(g->fd, VHOST_SET_FEATURES, &features);
+	int r = vg_ioctl(g->fd, VHOST_SET_FEATURES, &features);
+
+	if (!r)
+		g->iotlb = features & (1ULL << VIRTIO_F_ACCESS_PLATFORM);
+	return r;
 }
 
 int vg_set_features_array(struct vg_guest *g, const uint64_t *words, unsigned int n)
 {
 	uint64_t arg[1 + VG_FEATURE_WORDS] = { n };
+	int r;
 
 	if (n > VG_FEATURE_WORDS)
 		return -EINVAL;
 	memcpy(&arg[1], words, n * sizeof(*words));
-	return vg_ioctl(g->fd, VHOST_SET_FEATURES_ARRAY, arg);
+	r = vg_ioctl(g->fd, VHOST_SET_FEATURES_ARRAY, arg);
+	if (!r)
+		g->iotlb = n && (words[0] & (1ULL << VIRTIO_F_ACCESS_PLATFORM));
+	return r;
 }
 
 int vg_set_mem_table(struct vg_guest *g)
@@ -193,10 +220,10 @@ int vg_setup_vq(struct vg_guest *g, unsigned int idx, unsigned int num)
 	r = vg_ioctl(g->fd, VHOST_SET_VRING_BASE, &state);
 	if (r)
 		return r;
-	/* The vring addresses are the VMM's virtual addresses. */
-	addr.desc_user_addr = (uint64_t)(uintptr_t)vq->desc;
-	addr.avail_user_addr = (uint64_t)(uintptr_t)vq->avail;
-	addr.used_user_addr = (uint64_t)(uintptr_t)vq->used;
+	/* The vring addresses are the VMM's virtual addresses, or IOVAs with an IOTLB. */
+	addr.desc_user_addr = vg_ring_addr(g, vq->desc);
+	addr.avail_user_addr = vg_ring_addr(g, vq->avail);
+	addr.used_user_addr = vg_ring_addr(g, vq->used);
 	r = vg_ioctl(g->fd, VHOST_SET_VRING_ADDR, &addr);
 	if (r)
 		return r;
@@ -215,7 +242,23 @@ int vg_setup_vq(struct vg_guest *g, unsigned int idx, unsigned int num)
 	if (r)
 		return r;
 	file.fd = vq->err_fd;
-	return vg_ioctl(g->fd, VHOST_SET_VRING_ERR, &file);
+	r = vg_ioctl(g->fd, VHOST_SET_VRING_ERR, &file);
+	if (r || !g->iotlb)
+		return r;
+	/*
+	 * Attaching a backend writes the used ring's flags, from the ioctl, which cannot wait
+	 * for a miss to be answered: like QEMU, map the used ring before.
+	 */
+	return vg_iotlb_map(g, vq->used, sizeof(*vq->used) + sizeof(struct vring_used_elem) * num +
+				sizeof(uint16_t));
+}
+
+int vg_iotlb_map(struct vg_guest *g, const void *hva, size_t len)
+{
+	uint64_t start = vg_gpa(g, hva) & ~4095ULL, end = vg_gpa(g, hva) + len;
+
+	return vg_iotlb_msg(g, VHOST_IOTLB_UPDATE, start, end - start,
+			    g->mem + (start - VG_IOVA_BASE), VHOST_ACCESS_RW);
 }
 
 int vg_reset_vq(struct vg_guest *g, unsigned int idx)
@@ -243,8 +286,11 @@ int vg_set_backend(struct vg_guest *g, unsigned int idx, int fd)
 
 int vg_setup(struct vg_guest *g, uint64_t features, unsigned int num)
 {
+	uint64_t backend = 1ULL << VHOST_BACKEND_F_IOTLB_MSG_V2;
 	int r = vg_set_owner(g);
 
+	if (!r && (features & (1ULL << VIRTIO_F_ACCESS_PLATFORM)) && !g->iotlb_v1)
+		r = vg_ioctl(g->fd, VHOST_SET_BACKEND_FEATURES, &backend);
 	if (!r)
 		r = vg_set_features(g, features);
 	if (!r)
@@ -473,4 +519,123 @@ long vg_zc_stat(const char *name)
 			value = atol(line + n + 1);
 	fclose(f);
 	return value;
+}
+
+int vg_iotlb_msg(struct vg_guest *g, uint8_t type, uint64_t iova, uint64_t size, void *hva,
+		 uint8_t perm)
+{
+	struct vhost_iotlb_msg m = {
+		.iova = iova,
+		.size = size,
+		.uaddr = (uint64_t)(uintptr_t)hva,
+		.perm = perm,
+		.type = type,
+	};
+	struct vhost_msg v1 = { .type = VHOST_IOTLB_MSG, .iotlb = m };
+	struct vhost_msg_v2 v2 = { .type = VHOST_IOTLB_MSG_V2, .iotlb = m };
+	ssize_t n, want = g->iotlb_v1 ? (ssize_t)sizeof(v1) : (ssize_t)sizeof(v2);
+
+	n = g->iotlb_v1 ? write(g->fd, &v1, sizeof(v1)) : write(g->fd, &v2, sizeof(v2));
+	if (n < 0)
+		return -errno;
+	return n == want ? 0 : -EIO;
+}
+
+int vg_iotlb_miss(struct vg_guest *g, struct vhost_iotlb_msg *miss, int timeout_ms)
+{
+	struct pollfd p = { .fd = g->fd, .events = POLLIN };
+	union {
+		struct vhost_msg v1;
+		struct vhost_msg_v2 v2;
+	} m;
+	ssize_t n;
+	int r = poll(&p, 1, timeout_ms);
+
+	if (r <= 0)
+		return r < 0 ? -errno : 0;
+	n = read(g->fd, &m, sizeof(m));
+	if (n < 0)
+		return -errno;
+	if (g->iotlb_v1 && n == sizeof(m.v1) && m.v1.type == VHOST_IOTLB_MSG)
+		*miss = m.v1.iotlb;
+	else if (!g->iotlb_v1 && n == sizeof(m.v2) && m.v2.type == VHOST_IOTLB_MSG_V2)
+		*miss = m.v2.iotlb;
+	else
+		return -EPROTO;
+	return miss->type == VHOST_IOTLB_MISS ? 1 : -EPROTO;
+}
+
+struct vg_iotlb {
+	pthread_t thread;
+	struct vg_guest *g;
+	size_t grain;
+	atomic_bool stop;
+	atomic_long served;
+	atomic_bool bad;
+};
+
+static void *iotlb_server(void *arg)
+{
+	struct vg_iotlb *s = arg;
+	struct vg_guest *g = s->g;
+
+	while (!atomic_load(&s->stop)) {
+		struct vhost_iotlb_msg miss;
+		uint64_t start;
+		int r = vg_iotlb_miss(g, &miss, 50);
+
+		if (r == 0 || r == -EINTR)
+			continue;
+		if (r < 0) {
+			atomic_store(&s->bad, true);
+			break;
+		}
+		start = miss.iova & ~(uint64_t)(s->grain - 1);
+		if (start < VG_IOVA_BASE || start + s->grain > VG_IOVA_BASE + g->mem_size ||
+		    vg_iotlb_msg(g, VHOST_IOTLB_UPDATE, start, s->grain,
+				 g->mem + (start - VG_IOVA_BASE), VHOST_ACCESS_RW)) {
+			atomic_store(&s->bad, true);
+			continue;
+		}
+		atomic_fetch_add(&s->served, 1);
+	}
+	return NULL;
+}
+
+int vg_iotlb_serve(struct vg_guest *g, size_t grain)
+{
+	struct vg_iotlb *s = calloc(1, sizeof(*s));
+	int r;
+
+	if (!s)
+		return -ENOMEM;
+	s->g = g;
+	s->grain = grain;
+	r = pthread_create(&s->thread, NULL, iotlb_server, s);
+	if (r) {
+		free(s);
+		return -r;
+	}
+	g->server = s;
+	return 0;
+}
+
+long vg_iotlb_served(const struct vg_guest *g)
+{
+	return g->server ? atomic_load(&g->server->served) : 0;
+}
+
+long vg_iotlb_stop(struct vg_guest *g)
+{
+	struct vg_iotlb *s = g->server;
+	long served;
+
+	if (!s)
+		return 0;
+	atomic_store(&s->stop, true);
+	pthread_join(s->thread, NULL);
+	served = atomic_load(&s->bad) ? -1 : atomic_load(&s->served);
+	free(s);
+	g->server = NULL;
+	return served;
 }

@@ -19,6 +19,12 @@
 #include <linux/virtio_net.h>
 
 #define VG_GPA_BASE	0x40000000ULL
+/*
+ * With VIRTIO_F_ACCESS_PLATFORM acknowledged (a device IOTLB), ring and buffer addresses
+ * are I/O virtual addresses: iova = VG_IOVA_BASE + offset, neither the host virtual nor the
+ * guest physical address, so a device that translates with the wrong table fails visibly.
+ */
+#define VG_IOVA_BASE	0x80000000ULL
 #define VG_RX		0
 #define VG_TX		1
 #define VG_NVQS		2
@@ -36,12 +42,17 @@ struct vg_vq {
 	uint16_t next_desc;		/* descriptor slots are used round robin */
 };
 
+struct vg_iotlb;
+
 struct vg_guest {
 	int fd;				/* the vhost device */
 	uint8_t *mem;			/* guest memory (host virtual address) */
 	size_t mem_size;
 	size_t mem_used;		/* bump allocator */
 	struct vg_vq vq[VG_NVQS];
+	bool iotlb;			/* VIRTIO_F_ACCESS_PLATFORM: addresses are IOVAs */
+	bool iotlb_v1;			/* IOTLB messages as struct vhost_msg (not _v2) */
+	struct vg_iotlb *server;	/* vg_iotlb_serve()'s thread, if running */
 };
 
 /* Open @dev and map @mem_size bytes of guest memory. Returns 0 or -errno. */
@@ -55,7 +66,14 @@ void vg_close(struct vg_guest *g);
 
 /* Bump-allocate guest memory. Returns NULL when the region is exhausted. */
 void *vg_alloc(struct vg_guest *g, size_t size, size_t align);
+/* The address a descriptor gives for @hva: its guest physical address, or its IOVA. */
 uint64_t vg_gpa(const struct vg_guest *g, const void *hva);
+/* The address VHOST_SET_VRING_ADDR gives for a ring part at @hva: @hva, or its IOVA. */
+uint64_t vg_ring_addr(const struct vg_guest *g, const void *hva);
+/* The guest physical address of @hva, as the dirty log counts it. */
+uint64_t vg_phys(const struct vg_guest *g, const void *hva);
+/* Whether the dirty log @bitmap (VHOST_SET_LOG_BASE: a bit per 4 KiB page) marks @gpa. */
+bool vg_logged(const uint8_t *bitmap, uint64_t gpa);
 
 /* The setup sequence a VMM performs; each returns 0 or -errno of the failing ioctl. */
 int vg_get_features(struct vg_guest *g, uint64_t *features);
@@ -75,6 +93,35 @@ int vg_reset_vq(struct vg_guest *g, unsigned int idx);
 int vg_set_backend(struct vg_guest *g, unsigned int idx, int fd);
 /* Owner, features, mem table and both virtqueues. */
 int vg_setup(struct vg_guest *g, uint64_t features, unsigned int num);
+
+/*
+ * The device IOTLB, as a VMM with a vIOMMU serves it. vg_setup() with
+ * VIRTIO_F_ACCESS_PLATFORM first acknowledges VHOST_BACKEND_F_IOTLB_MSG_V2 (unless
+ * g->iotlb_v1), and from then on gives the device IOVAs.
+ *
+ * vg_iotlb_msg() writes one message (VHOST_IOTLB_UPDATE or _INVALIDATE) in the format the
+ * guest negotiated: 0 or -errno of the write. vg_iotlb_miss() waits up to @timeout_ms
+ * with poll() for a message and reads it: 1 with *@miss set, 0 on timeout, -errno (-EPROTO
+ * for a message that is not a miss in the negotiated format).
+ */
+int vg_iotlb_msg(struct vg_guest *g, uint8_t type, uint64_t iova, uint64_t size, void *hva,
+		 uint8_t perm);
+int vg_iotlb_miss(struct vg_guest *g, struct vhost_iotlb_msg *miss, int timeout_ms);
+/*
+ * Maps the pages of the @len bytes at @hva (read-write), as QEMU maps a used ring before it
+ * attaches a backend (vg_setup_vq() does it): 0 or -errno.
+ */
+int vg_iotlb_map(struct vg_guest *g, const void *hva, size_t len);
+/*
+ * A thread that answers every miss with an update of the @grain bytes (a power of two)
+ * around it, read-write, as long as the IOVA is guest memory; vg_iotlb_stop() (also run by
+ * vg_close()) ends it and returns how many misses it served, or -1 if it saw a miss outside
+ * guest memory or a message it did not expect.
+ */
+int vg_iotlb_serve(struct vg_guest *g, size_t grain);
+long vg_iotlb_stop(struct vg_guest *g);
+/* Misses the server has answered so far. */
+long vg_iotlb_served(const struct vg_guest *g);
 
 /* Post one chain of @n buffers (device-readable unless @writable), then kick. */
 int vg_post(struct vg_guest *g, unsigned int idx, void *const *bufs, const uint32_t *lens,

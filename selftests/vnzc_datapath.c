@@ -311,13 +311,6 @@ TEST_F(net, rx_mergeable)
 	rx_mergeable_hdr(_metadata, self, words, HDR_LEN, 1514);
 }
 
-static bool page_logged(const uint8_t *bitmap, uint64_t gpa)
-{
-	uint64_t page = gpa / 4096;
-
-	return bitmap[page / 8] & (1 << (page % 8));
-}
-
 /* With VHOST_F_LOG_ALL, what RX writes into guest memory is marked in the dirty log. */
 TEST_F(net, rx_dirty_log)
 {
@@ -363,9 +356,9 @@ TEST_F(net, rx_dirty_log)
 						 (struct sockaddr *)&to, sizeof(to)));
 	ASSERT_EQ(1, wait_used(&self->g, VG_RX, &id, &len));
 	EXPECT_EQ(HDR_LEN + sizeof(frame), len);
-	EXPECT_TRUE(page_logged(bitmap, vg_gpa(&self->g, buf))) TH_LOG("RX buffer not logged");
-	EXPECT_TRUE(page_logged(bitmap, vg_gpa(&self->g, vq->used))) TH_LOG("used ring not logged");
-	EXPECT_FALSE(page_logged(bitmap, vg_gpa(&self->g, untouched))) TH_LOG("spurious log bit");
+	EXPECT_TRUE(vg_logged(bitmap, vg_gpa(&self->g, buf))) TH_LOG("RX buffer not logged");
+	EXPECT_TRUE(vg_logged(bitmap, vg_gpa(&self->g, vq->used))) TH_LOG("used ring not logged");
+	EXPECT_FALSE(vg_logged(bitmap, vg_gpa(&self->g, untouched))) TH_LOG("spurious log bit");
 	munmap(bitmap, map_len);
 }
 
