@@ -484,9 +484,9 @@ static void set_same_ring(struct __test_metadata *_metadata, struct vg_guest *g,
 	struct vhost_vring_state st = { .index = VG_TX, .num = RING };
 	struct vhost_vring_addr addr = {
 		.index = VG_TX,
-		.desc_user_addr = (uint64_t)(uintptr_t)vq->desc,
-		.avail_user_addr = (uint64_t)(uintptr_t)vq->avail,
-		.used_user_addr = (uint64_t)(uintptr_t)vq->used,
+		.desc_user_addr = vg_ring_addr(g, vq->desc),
+		.avail_user_addr = vg_ring_addr(g, vq->avail),
+		.used_user_addr = vg_ring_addr(g, vq->used),
 	};
 
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_NUM, &st));
@@ -573,9 +573,9 @@ TEST_F_TIMEOUT(shared, reclaim_refused_once, 120)
  * the same size, index and addresses) is not a new ring: the buffers stay, and their heads
  * come back to it, each once, when the stack frees them.
  */
-TEST_F_TIMEOUT(shared, ring_restored, 120)
+static void ring_restored(struct __test_metadata *_metadata, struct zc_env *e)
 {
-	struct vg_guest *g = &self->e.g;
+	struct vg_guest *g = &e->g;
 	struct vhost_net_zc_stats s;
 	struct vhost_vring_state st = { .index = VG_TX };
 	uint32_t ids[16];
@@ -587,7 +587,7 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
 	set_same_ring(_metadata, g, st.num);
 	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(0, (long)s.abandoned);
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, e->tap_fd));
 	plug(false);
 	ASSERT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	n = reap_all(g, ids, 4, 2000);
@@ -602,6 +602,11 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
 	}
 }
 
+TEST_F_TIMEOUT(shared, ring_restored, 120)
+{
+	ring_restored(_metadata, &self->e);
+}
+
 /*
  * A queue reset in place (VIRTIO_F_RING_RESET: Linux's virtqueue_reset keeps the ring's
  * memory and zeroes it; QEMU detaches the backend, reads the base, then sets the same size,
@@ -610,9 +615,9 @@ TEST_F_TIMEOUT(shared, ring_restored, 120)
  * index and addresses all match the old ring's: the guest's used index, zeroed, tells the
  * ring was reset. None of the old heads may appear in the reset ring.
  */
-TEST_F_TIMEOUT(shared, ring_reset_at_index_wrap, 120)
+static void ring_reset_at_index_wrap(struct __test_metadata *_metadata, struct zc_env *e)
 {
-	struct vg_guest *g = &self->e.g;
+	struct vg_guest *g = &e->g;
 	struct vg_vq *vq = &g->vq[VG_TX];
 	struct vhost_vring_state st = { .index = VG_TX, .num = 65532 };
 	int old[4];
@@ -622,7 +627,7 @@ TEST_F_TIMEOUT(shared, ring_reset_at_index_wrap, 120)
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_SET_VRING_BASE, &st));
 	vq->avail_idx = vq->last_used = 65532;
 	vq->avail->idx = vq->used->idx = 65532;
-	ASSERT_EQ(0, vg_set_backend(g, VG_TX, self->e.tap_fd));
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, e->tap_fd));
 	hold_four_refused(_metadata, g, old);
 	ASSERT_EQ(0, ioctl(g->fd, VHOST_GET_VRING_BASE, &st));
 	ASSERT_EQ(0U, st.num) TH_LOG("the index did not wrap to 0");
@@ -633,8 +638,50 @@ TEST_F_TIMEOUT(shared, ring_reset_at_index_wrap, 120)
 	       sizeof(uint16_t));
 	vq->avail_idx = vq->last_used = vq->next_desc = 0;
 	set_same_ring(_metadata, g, 0);
-	only_fresh_heads(_metadata, g, self->e.tap_fd);
+	only_fresh_heads(_metadata, g, e->tap_fd);
 	EXPECT_EQ(2, vq->used->idx) TH_LOG("used index %u after 2 buffers", vq->used->idx);
+}
+
+TEST_F_TIMEOUT(shared, ring_reset_at_index_wrap, 120)
+{
+	ring_reset_at_index_wrap(_metadata, &self->e);
+}
+
+/*
+ * The two ring tests above with a device IOTLB (VIRTIO_F_ACCESS_PLATFORM, QEMU with a
+ * vIOMMU): the ring addresses are IOVAs, so the device reads the guest's used index
+ * through the IOTLB to tell the same ring from one reset in place. A device that read it
+ * at the IOVA as if it were the VMM's address would see no ring, and abandon the heads of
+ * the restored one.
+ */
+FIXTURE(shared_iotlb) {
+	struct zc_env e;
+};
+
+FIXTURE_SETUP(shared_iotlb)
+{
+	self->e.mem_flags = VG_MEM_SHARED;
+	env_setup(_metadata, &self->e,
+		  (1ULL << VIRTIO_F_VERSION_1) | (1ULL << VIRTIO_F_ACCESS_PLATFORM));
+	ASSERT_EQ(0, vg_iotlb_serve(&self->e.g, PAGE));
+	no_captures(&self->e);
+}
+
+FIXTURE_TEARDOWN(shared_iotlb)
+{
+	EXPECT_LT(0, vg_iotlb_stop(&self->e.g))
+		TH_LOG("no miss served, or a miss outside guest memory (-1)");
+	env_teardown(_metadata, &self->e);
+}
+
+TEST_F_TIMEOUT(shared_iotlb, ring_restored, 120)
+{
+	ring_restored(_metadata, &self->e);
+}
+
+TEST_F_TIMEOUT(shared_iotlb, ring_reset_at_index_wrap, 120)
+{
+	ring_reset_at_index_wrap(_metadata, &self->e);
 }
 
 /* The frames of a refusal test, and a check that they stayed in guest memory. */
@@ -1129,13 +1176,6 @@ TEST_F_TIMEOUT(hpool, refuse_pool_exhausted, 120)
  * reset zeroes (discard mode) are marked in the dirty log, so the destination gets them
  * again; a page it did not touch is not.
  */
-static bool page_logged(const uint8_t *bitmap, uint64_t gpa)
-{
-	uint64_t page = gpa / PAGE;
-
-	return bitmap[page / 8] & (1 << (page % 8));
-}
-
 TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 {
 	const size_t map_len = ((VG_GPA_BASE + (1 << 20)) / PAGE / 8 + PAGE - 1) & ~(PAGE - 1ULL);
@@ -1164,11 +1204,11 @@ TEST_F_TIMEOUT(safe, vm_reset_logs_dirty, 120)
 	ASSERT_EQ(0, zc_stats(g, &s));
 	EXPECT_EQ(4, (long)s.offlined);
 	for (int i = 0; i < 4; i++) {
-		EXPECT_TRUE(page_logged(bitmap, vg_gpa(g, h.at[i])))
+		EXPECT_TRUE(vg_logged(bitmap, vg_gpa(g, h.at[i])))
 			TH_LOG("zeroed frame page %d not in the dirty log", i);
 		EXPECT_EQ(0, h.at[i][20]) TH_LOG("frame %d not zeroed", i);
 	}
-	EXPECT_FALSE(page_logged(bitmap, vg_gpa(g, untouched))) TH_LOG("spurious log bit");
+	EXPECT_FALSE(vg_logged(bitmap, vg_gpa(g, untouched))) TH_LOG("spurious log bit");
 	plug(false);
 	EXPECT_TRUE(ZC_WAIT_FOR(g, s, s.in_flight == 0, 3000));
 	munmap(bitmap, map_len);
