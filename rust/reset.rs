@@ -188,7 +188,7 @@ pub(crate) fn offline_and_return(
                     Mode::Discard => "discard",
                     Mode::InPlace => "in-place",
                 },
-                e.to_errno(),
+                -e.to_errno(),
                 refusal(e),
             );
         }
