@@ -22,7 +22,10 @@ use kernel::{
         c_uint,
         c_ulong, //
     },
-    fs::File,
+    fs::{
+        File,
+        LocalFile, //
+    },
     iov::{
         IovIterDest,
         IovIterSource, //
@@ -67,10 +70,12 @@ pub(crate) trait FileOps: Sized {
     /// The last close of the file: takes its private data back.
     fn release(device: Self::Ptr, file: &File);
 
-    /// `read()`: fills `iov`; returns the bytes written to it.
+    /// `read()`: fills `iov`; returns the bytes written to it. The file is a [`LocalFile`]:
+    /// a read may run under `fdget_pos()` without the position lock, which a `&File`
+    /// (shareable across threads) must not outlive.
     fn read_iter(
         device: Borrowed<'_, Self>,
-        file: &File,
+        file: &LocalFile,
         iov: &mut IovIterDest<'_>,
     ) -> Result<usize>;
 
@@ -207,12 +212,13 @@ impl<T: FileOps> VTable<T> {
     ) -> isize {
         // SAFETY: Valid for the call (function contract).
         let file = unsafe { (*kiocb).ki_filp };
-        // SAFETY: `iter` is a destination iterator valid for the call; `file` is open.
+        // SAFETY: `iter` is a destination iterator valid for the call; `file` is open, and a
+        // `fdget_pos()` that did not take the position lock can only be this thread's.
         let (iov, device, f) = unsafe {
             (
                 IovIterDest::from_raw(iter),
                 Self::device(file),
-                File::from_raw_file(file),
+                LocalFile::from_raw_file(file),
             )
         };
         match T::read_iter(device, f, iov) {

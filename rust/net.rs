@@ -14,7 +14,10 @@
 
 use kernel::{
     debugfs,
-    fs::File,
+    fs::{
+        File,
+        LocalFile, //
+    },
     iov::{
         IovIterDest,
         IovIterSource, //
@@ -1128,7 +1131,11 @@ impl FileOps for VhostNetZc {
     /// The device IOTLB's next miss message, `struct vhost_msg` or `struct vhost_msg_v2`
     /// (`VHOST_BACKEND_F_IOTLB_MSG_V2`); the read blocks for one unless the file is
     /// non-blocking.
-    fn read_iter(me: Pin<&VhostNetZc>, file: &File, iov: &mut IovIterDest<'_>) -> Result<usize> {
+    fn read_iter(
+        me: Pin<&VhostNetZc>,
+        file: &LocalFile,
+        iov: &mut IovIterDest<'_>,
+    ) -> Result<usize> {
         let nonblock = file.flags() & kernel::fs::file::flags::O_NONBLOCK != 0;
         me.vhost.iotlb_read(iov, nonblock)
     }
