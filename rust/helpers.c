@@ -89,8 +89,8 @@ u16 vnzc_cpu_to_vhost16(struct vhost_virtqueue *vq, u16 v)
 
 /*
  * The owner's address of the @size bytes at ring address @addr of @vq: @addr itself, or,
- * with a device IOTLB, its translation if one readable entry maps all of them; 0 if none
- * does. The caller holds @vq's mutex, under which the core changes the IOTLB.
+ * with a device IOTLB, its translation if one entry maps all of them; 0 if none does. The
+ * caller holds @vq's mutex, under which the core changes the IOTLB.
  */
 static unsigned long vnzc_ring_uaddr(struct vhost_virtqueue *vq, u64 addr, u64 size)
 {
@@ -98,27 +98,32 @@ static unsigned long vnzc_ring_uaddr(struct vhost_virtqueue *vq, u64 addr, u64 s
 
 	if (!vq->iotlb)
 		return addr;
+	if (!size || addr + size - 1 < addr)
+		return 0;
 	map = vhost_iotlb_itree_first(vq->iotlb, addr, addr + size - 1);
+	/* Read-only or write-only: the core reads the used ring through either. */
 	if (!map || map->start > addr || map->last < addr + size - 1 ||
-	    !(map->perm & VHOST_ACCESS_RO))
+	    !(map->perm & VHOST_ACCESS_RW))
 		return 0;
 	return map->addr + (addr - map->start);
 }
 
 /*
  * The used index the guest's memory holds now (the caller's address space must be the
- * owner's), in CPU order: 0 and @idx set, or -EFAULT if the ring cannot be read (with a
- * device IOTLB, also while no entry translates it).
+ * owner's), in CPU order: 0 and @idx set; -EAGAIN if a device IOTLB has no entry for it
+ * yet; -EFAULT if the ring cannot be read. (Under an IOTLB, address 0 is a valid IOVA.)
  */
 int vnzc_vq_guest_used_idx(struct vhost_virtqueue *vq, u16 *idx)
 {
 	unsigned long uaddr;
 	__virtio16 v;
 
-	if (!vq->used)
+	if (!vq->iotlb && !vq->used)
 		return -EFAULT;
 	uaddr = vnzc_ring_uaddr(vq, (u64)(uintptr_t)&vq->used->idx, sizeof(v));
-	if (!uaddr || get_user(v, (__virtio16 __user *)uaddr))
+	if (!uaddr)
+		return -EAGAIN;
+	if (get_user(v, (__virtio16 __user *)uaddr))
 		return -EFAULT;
 	*idx = vhost16_to_cpu(vq, v);
 	return 0;
@@ -573,7 +578,11 @@ int vnzc_log_hva(struct vhost_virtqueue *vq, u64 hva, u64 len)
 			.iov_len = len,
 		};
 
-		return vhost_log_write(vq, NULL, 0, len, &iov, 1);
+		r = vhost_log_write(vq, NULL, 0, len, &iov, 1);
+		/* The core's IOTLB path does not signal the log; the VMM waits for it. */
+		if (r >= 0 && vq->log_ctx)
+			eventfd_signal(vq->log_ctx);
+		return r;
 	}
 	list_for_each_entry(map, &vq->umem->list, link) {
 		struct vhost_log log;

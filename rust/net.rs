@@ -65,6 +65,7 @@ use crate::{
         Driver,
         Limits,
         RxGather,
+        UsedIdx,
         VhostDev,
         VqGuard, //
     },
@@ -229,6 +230,34 @@ fn busy_poll(rvq: &NetVq<'_>, tvq: &NetVq<'_>, poll_rx: bool) -> bool {
         rvq.enable_notify();
     }
     interrupted
+}
+
+/// Abandons the zero-copy buffers in flight on the TX ring: it is not the ring they came
+/// from (set up anew, or reset in place), so their heads are never written to it.
+fn abandon_ring(ledger: &mut Ledger) {
+    let abandoned = ledger.abandon_all();
+    if abandoned != 0 {
+        vhost::debug(
+            c"TX: zero-copy buffers abandoned: ring reprogrammed",
+            abandoned,
+            0,
+        );
+    }
+}
+
+/// Before a head is written to the TX ring: if it was set again while its used index had
+/// no translation (see `VhostNetZc::set_vring`), tells now, with the ring's translations
+/// at hand (the caller's prefetch succeeded), whether it is the same ring, which gets the
+/// heads, or one reset in place, whose old buffers are abandoned.
+pub(crate) fn verify_ring(vq: &NetVq<'_>, ledger: &mut Ledger) {
+    let Some(last_used) = ledger.ring_unverified() else {
+        return;
+    };
+    match vq.guest_used_idx(last_used) {
+        UsedIdx::Same => ledger.set_ring_unverified(None),
+        // Untranslated although the ring's parts were: nothing says it is the same ring.
+        UsedIdx::Reset | UsedIdx::Untranslated => abandon_ring(ledger),
+    }
 }
 
 /// Returns the zero-copy buffers the network stack has released to the guest.
@@ -464,6 +493,14 @@ fn handle_rx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>) {
 /// Every other packet is copied and its head returned with the next [`UsedBatch`].
 fn handle_tx(dev: &VhostDev<NetState, NVQS>, vq: &NetVq<'_>, pool: &Pool) {
     let mut ledger = pool.ledger();
+    if ledger.ring_unverified().is_some() {
+        // A failed prefetch asked the VMM for the ring's translations; its answer runs the
+        // handler again.
+        if !vq.prefetch() {
+            return;
+        }
+        verify_ring(vq, &mut ledger);
+    }
     return_completed(vq, pool, &mut ledger);
     let expired = pool.mark_expired(&mut ledger);
     if expired != 0 {
@@ -966,20 +1003,24 @@ impl VhostNetZc {
             let mut ledger = pool.ledger();
             // The same ring, unless the guest reset it in place: with buffers whose heads
             // are still to come, its used index is then not the one last written (zeroed
-            // by the guest, where the device's stays behind the available one).
-            if vq.ring_identity() == before
-                && (ledger.holding() == 0 || vq.guest_used_idx_matches())
-            {
-                return Ok(r);
+            // by the guest, where the device's stays behind the available one). Under a
+            // device IOTLB that a VMM's start has just made anew, the index has no
+            // translation yet: it is read before the next head is written
+            // ([`verify_ring`]).
+            if vq.ring_identity() == before {
+                if ledger.holding() == 0 {
+                    return Ok(r);
+                }
+                match vq.guest_used_idx(vq.last_used_idx()) {
+                    UsedIdx::Same => return Ok(r),
+                    UsedIdx::Untranslated => {
+                        ledger.set_ring_unverified(Some(vq.last_used_idx()));
+                        return Ok(r);
+                    }
+                    UsedIdx::Reset => {}
+                }
             }
-            let abandoned = ledger.abandon_all();
-            if abandoned != 0 {
-                vhost::debug(
-                    c"TX: zero-copy buffers abandoned: ring reprogrammed",
-                    abandoned,
-                    0,
-                );
-            }
+            abandon_ring(&mut ledger);
         }
         Ok(r)
     }
@@ -1042,7 +1083,9 @@ impl VhostNetZc {
     /// - some buffer could not be offlined (it stays in flight): `EOPNOTSUPP` for memory
     ///   that cannot be offlined, `EBUSY` for a page that may be pinned for DMA, `ENOMEM`
     ///   when memory ran short (the call may be repeated), `EINTR` if the caller was
-    ///   killed.
+    ///   killed;
+    /// - `EAGAIN`: a device IOTLB has no translation for the TX ring yet; the device asked
+    ///   for it (a miss message), and the call may be repeated once the VMM answered.
     fn vm_reset(&self, arg: UserPtr) -> Result<isize> {
         let flags: u32 = UserSlice::new(arg, size_of::<u32>()).reader().read()?;
         if flags != 0 {
@@ -1057,6 +1100,12 @@ impl VhostNetZc {
         let vq = self.vhost.vq(TX as u32)?;
         let pool = &self.vhost.data().tx;
         let mut ledger = pool.ledger();
+        // Under a device IOTLB the heads need the used ring's translation, which the VMM,
+        // the caller, can only give once this returned (the prefetch asked for it).
+        if !vq.ring_translated() {
+            return Err(EAGAIN);
+        }
+        verify_ring(&vq, &mut ledger);
         return_completed(&vq, pool, &mut ledger);
         let victims = pool.victims(&ledger, true);
         let refused =

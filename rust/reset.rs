@@ -76,6 +76,20 @@ pub(crate) fn settle(dev: &DevGuard<'_, NetState, NVQS>) {
     let ring = dev.caller_is_owner_mm().then_some(&vq);
     let mut ledger = pool.ledger();
     if let Some(vq) = ring {
+        // Under a device IOTLB without a translation for the ring (the prefetch asked the
+        // VMM, the caller, for it), no head can be written now: the buffers stay in flight,
+        // returned by the TX handler or abandoned by an owner reset, rather than offlined
+        // with their heads lost.
+        if !vq.ring_translated() {
+            vhost::debug(
+                c"TX: reset with the ring untranslated: buffers left in flight",
+                pool.inflight() as isize,
+                0,
+            );
+            ledger.record_reset_wait(zerocopy::now() - start);
+            return;
+        }
+        net::verify_ring(vq, &mut ledger);
         net::return_completed(vq, pool, &mut ledger);
     }
     pool.mark_expired(&mut ledger);

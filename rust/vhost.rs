@@ -128,6 +128,18 @@ impl Waker<'_> {
 #[repr(transparent)]
 struct Virtqueue(Opaque<bindings::vhost_virtqueue>);
 
+/// What the guest's used index says of a ring set again with the same size, index and
+/// addresses ([`VqGuard::guest_used_idx`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum UsedIdx {
+    /// It is the index the device last wrote: the same ring.
+    Same,
+    /// It is not (or cannot be read): the guest reset the ring in place.
+    Reset,
+    /// A device IOTLB has no translation for it yet: ask again once the VMM gave one.
+    Untranslated,
+}
+
 /// A chain of descriptors taken from the avail ring: `out` device-readable then `in`
 /// device-writable buffers, translated into the virtqueue's iovec array.
 #[derive(Clone, Copy)]
@@ -849,6 +861,16 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         unsafe { bindings::vq_meta_prefetch(self.raw()) != 0 }
     }
 
+    /// Whether used entries can be written to the ring now, from outside the handler:
+    /// always without a device IOTLB; with one, if it translates the ring (if not, the
+    /// prefetch asked the VMM for the translations, with a miss message).
+    pub(crate) fn ring_translated(&self) -> bool {
+        // SAFETY: The virtqueue is initialised; `iotlb` is only changed under its mutex,
+        // which is held.
+        let iotlb = unsafe { (*self.raw()).iotlb };
+        iotlb.is_null() || self.prefetch()
+    }
+
     /// Takes the next available chain, `None` if the avail ring is empty.
     ///
     /// # Errors
@@ -1166,16 +1188,31 @@ impl<'a, D: Driver<N>, const N: usize> VqGuard<'a, D, N> {
         }
     }
 
-    /// Whether the guest's used index is the one the device last wrote: false once the
-    /// guest has reset the ring in place (zeroed it) since, or if the ring cannot be read.
-    /// The caller must run in the owner's address space, where the ring is.
-    pub(crate) fn guest_used_idx_matches(&self) -> bool {
+    /// Whether the guest's used index is `last_used`, the one the device last wrote:
+    /// [`UsedIdx::Reset`] once the guest has reset the ring in place (zeroed it) since, or
+    /// if the ring cannot be read; [`UsedIdx::Untranslated`] while a device IOTLB has no
+    /// translation for it. The caller must run in the owner's address space, where the
+    /// ring is.
+    pub(crate) fn guest_used_idx(&self, last_used: u16) -> UsedIdx {
         let mut idx = 0u16;
         // SAFETY: The virtqueue is initialised and its mutex is held; the helper reads the
         // used ring through the user-copy functions, which fault safely.
         let r = unsafe { bindings::vnzc_vq_guest_used_idx(self.raw(), &mut idx) };
-        // SAFETY: As above; `last_used_idx` is only written under the mutex.
-        r == 0 && idx == unsafe { (*self.raw()).last_used_idx }
+        if r == EAGAIN.to_errno() {
+            UsedIdx::Untranslated
+        } else if r == 0 && idx == last_used {
+            UsedIdx::Same
+        } else {
+            UsedIdx::Reset
+        }
+    }
+
+    /// The used index the device last wrote (reloaded from the ring when a backend is
+    /// attached).
+    pub(crate) fn last_used_idx(&self) -> u16 {
+        // SAFETY: The virtqueue is initialised; `last_used_idx` is only written under the
+        // mutex held.
+        unsafe { (*self.raw()).last_used_idx }
     }
 
     /// What identifies the ring the guest uses: its size, its next available index and the

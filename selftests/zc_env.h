@@ -47,6 +47,7 @@ struct zc_env {
 	int cap_held;	/* ETH_P_ALL on vnzcd0 */
 	int cap_free;	/* ETH_P_ALL on vnzcd1 */
 	int mem_flags;	/* VG_MEM_*: the kind of guest memory */
+	uint64_t features;	/* what env_setup() acknowledged */
 };
 
 static inline int capture(struct __test_metadata *_metadata, const char *ifname)
@@ -203,6 +204,7 @@ static inline void env_setup_dev(struct __test_metadata *_metadata, struct zc_en
 			env->mem_flags & (VG_MEM_HUGETLB | VG_MEM_THP) ? 4 << 20 : 1 << 20,
 			env->mem_flags);
 	ASSERT_EQ(0, r) TH_LOG("guest memory: %s", strerror(-r));
+	env->features = features;
 	r = vg_setup(&env->g, features, RING);
 	ASSERT_EQ(0, r) TH_LOG("setup: %s", strerror(-r));
 	r = vg_set_backend(&env->g, VG_TX, env->tap_fd);

@@ -95,6 +95,13 @@ pub(crate) struct Ledger {
     /// Bit `i` set: slot `i`'s head waits in `order` (its completion or offline marks it
     /// done there, rather than returning it).
     pub(super) ordered: [u64; WORDS],
+    /// The TX ring was set again with the same identity while heads were still to come,
+    /// and its used index could not be read then (a device IOTLB without a translation
+    /// for it yet): whether it is the same ring or one reset in place is to be told before
+    /// any head is written to it, by comparing its used index with this one, the last the
+    /// device wrote ([`Ledger::ring_unverified`]). Attaching a backend reloads the
+    /// device's copy from the ring, so it is kept here.
+    ring_unverified: Option<u16>,
     /// The device's number, for its tracepoints.
     pub(crate) dev: u64,
 }
@@ -164,8 +171,21 @@ impl Ledger {
             window: (0, 0),
             order: TxOrder::new()?,
             ordered: [0; WORDS],
+            ring_unverified: None,
             dev,
         })
+    }
+
+    /// If the TX ring's identity is still to be checked before a head is written to it,
+    /// the used index the ring must hold to be the same ring (see the field).
+    pub(crate) fn ring_unverified(&self) -> Option<u16> {
+        self.ring_unverified
+    }
+
+    /// Notes that the TX ring's identity could not be checked yet (with the used index the
+    /// device last wrote), or that it was (`None`).
+    pub(crate) fn set_ring_unverified(&mut self, last_used: Option<u16>) {
+        self.ring_unverified = last_used;
     }
 
     /// Whether heads are held back in order: a head done with now must wait behind them
@@ -323,6 +343,7 @@ impl Ledger {
         // The heads held in order behind them belonged to that ring too.
         self.order.clear();
         self.ordered = [0; WORDS];
+        self.ring_unverified = None;
         self.stats.abandoned += n as u64;
         n
     }
