@@ -34,7 +34,9 @@
  *   reference count is back where it was (no skb references it any more);
  * - differential case: the same ioctl sequence on stock /dev/vhost-net and on
  *   /dev/vhost-net-zc gives the same errno at every step, except the documented
- *   differences (see diff_feature_mask()).
+ *   differences (none today);
+ * - device-IOTLB messages written to the file get the same errnos on both devices, and a
+ *   read of the file returns a message, nothing (EAGAIN) or EBADFD (no IOTLB).
  * Kernel splats (KASAN, lockdep, UBSAN, hung tasks, Rust panics) and kmemleak reports are
  * judged by the suite from the kernel log afterwards.
  *
@@ -839,13 +841,98 @@ static int put_chain(struct ctx *c, struct dev *d, int vq, struct seg *s, unsign
 
 /* ---- operations ------------------------------------------------------------------ */
 
+/*
+ * A device-IOTLB message written to every device's file (the same bytes, but for the
+ * host address of an update, which names each device's own guest memory): either format,
+ * any operation, sizes and addresses good and bad, sometimes cut short or garbage. Then a
+ * message the device has pending (a miss: SET_BACKEND writes the used ring through the
+ * IOTLB) is read without blocking. The writes' errnos are compared.
+ */
+static void op_iotlb_msg(struct ctx *c)
+{
+	struct episode *ep = c->ep;
+	union {
+		struct vhost_msg v1;
+		struct vhost_msg_v2 v2;
+		uint8_t raw[sizeof(struct vhost_msg) + 8];
+	} m;
+	struct vhost_iotlb_msg *im = &m.v2.iotlb;
+	int e[2] = { 0, 0 }, where = (int)below(&c->r, 4);
+	size_t len = sizeof(m.v2);
+	char what[128];
+
+	memset(&m, 0, sizeof(m));
+	if (chance(&c->r, 10)) {
+		for (size_t i = 0; i < sizeof(m.raw); i++)
+			m.raw[i] = (uint8_t)rnd(&c->r);
+		len = below(&c->r, sizeof(m.raw) + 1);
+	} else {
+		if (chance(&c->r, 50)) {
+			m.v2.type = VHOST_IOTLB_MSG_V2;
+			m.v2.asid = chance(&c->r, 90) ? 0 : (uint32_t)rnd(&c->r);
+		} else {
+			m.v1.type = VHOST_IOTLB_MSG;
+			im = &m.v1.iotlb;
+			len = sizeof(m.v1);
+		}
+		im->type = PICK(&c->r, VHOST_IOTLB_UPDATE, VHOST_IOTLB_UPDATE, VHOST_IOTLB_INVALIDATE,
+				VHOST_IOTLB_MISS, VHOST_IOTLB_ACCESS_FAIL, VHOST_IOTLB_BATCH_BEGIN,
+				VHOST_IOTLB_BATCH_END, 0, 99);
+		im->iova = chance(&c->r, 50) ? VG_GPA_BASE : rnd(&c->r);
+		im->size = PICK(&c->r, 0, 1, 4096, 1 << 20, 1 << 30, 0xffffffff);
+		im->perm = PICK(&c->r, VHOST_ACCESS_RO, VHOST_ACCESS_WO, VHOST_ACCESS_RW, 0, 0xff);
+		if (chance(&c->r, 10))
+			len = below(&c->r, len);
+	}
+	snprintf(what, sizeof(what), "write{iotlb %zu bytes, type %u, size %#llx, where %d}", len,
+		 im->type, (unsigned long long)im->size, where);
+	for (int i = 0; i < ep->ndev; i++) {
+		struct dev *d = &ep->dev[i];
+		ssize_t n;
+
+		/* Its guest memory, its own address space's top page, a kernel address, NULL. */
+		im->uaddr = where == 0 ? (uint64_t)(uintptr_t)d->mem :
+			    where == 1 ? 0x7ffffffff000ULL : where == 2 ? 0xffff888000000000ULL : 0;
+		busy(c, what);
+		n = write(d->fd, &m, len);
+		e[i] = n < 0 ? errno : 0;
+		idle(c);
+		oplog_add(&ep->log, "t%d %s %s -> %s", c->tid, d->zc ? "zc" : "stock", what,
+			  ename(e[i]));
+		if (!allowed_errno(e[i]))
+			fuzz_fail(c, "%s %s: unexpected errno %s", d->path, what, ename(e[i]));
+		atomic_fetch_add(&ep->ops, 1);
+	}
+	if (ep->ndev == 2)
+		diff_check(c, what, e[0], e[1]);
+	for (int i = 0; i < ep->ndev; i++) {
+		struct dev *d = &ep->dev[i];
+		uint8_t buf[sizeof(struct vhost_msg_v2)];
+		ssize_t n;
+		int err;
+
+		/* Never blocks: no reader of this file waits for a miss. */
+		fcntl(d->fd, F_SETFL, fcntl(d->fd, F_GETFL) | O_NONBLOCK);
+		n = read(d->fd, buf, sizeof(buf));
+		err = n < 0 ? errno : 0;
+		oplog_add(&ep->log, "t%d %s read{iotlb} -> %zd %s", c->tid, d->zc ? "zc" : "stock",
+			  n, ename(err));
+		/* EBADF: another thread closed and reopened the device meanwhile. */
+		if (n < 0 && err != EAGAIN && err != EBADFD && err != EBADF)
+			fuzz_fail(c, "%s read of the device file: unexpected errno %s", d->path,
+				  ename(err));
+		atomic_fetch_add(&ep->ops, 1);
+	}
+}
+
+
 enum op {
 	OP_TX, OP_TX_BAD, OP_RX, OP_RX_BAD, OP_INJECT, OP_REAP, OP_KICK, OP_PLUG, OP_SLEEP,
 	OP_GET_FEATURES, OP_SET_FEATURES, OP_FEATURES_ARRAY, OP_BACKEND_FEATURES,
 	OP_SET_OWNER, OP_RESET_OWNER, OP_MEM_TABLE, OP_LOG, OP_VRING_RAW, OP_GET_VRING_BASE,
 	OP_VRING_FD, OP_BUSYLOOP, OP_ENDIAN, OP_WORKER, OP_FORK_OWNER, OP_SET_BACKEND,
 	OP_SETUP, OP_SETUP_VQ, OP_BADCMD, OP_TIMEOUT, OP_RECLAIM, OP_VM_RESET, OP_STATS,
-	OP_EXTRA, OP_CLOSE_REOPEN, OP_FORK, OP_N
+	OP_EXTRA, OP_CLOSE_REOPEN, OP_IOTLB_MSG, OP_FORK, OP_N
 };
 
 /* Where an operation may run. */
@@ -892,6 +979,7 @@ static const struct {
 	[OP_STATS]		= { "stats",		 20, 0,  OPF_CLEAN | OPF_CHILD },
 	[OP_EXTRA]		= { "extra_memory",	 20, 0,  0 },
 	[OP_CLOSE_REOPEN]	= { "close_reopen",	 10, 0,  OPF_LOCK },
+	[OP_IOTLB_MSG]		= { "iotlb_msg",	 10, 40, OPF_CHILD | OPF_DIFF },
 	[OP_FORK]		= { "fork",		  0, 0,  0 },	/* the fork case's own */
 };
 
@@ -927,14 +1015,15 @@ static unsigned int hdr_len_of(uint64_t f)
 }
 
 /*
- * Never set by the differential sequences: VIRTIO_F_ACCESS_PLATFORM, which both devices
+ * Never set where the guest moves data: VIRTIO_F_ACCESS_PLATFORM, which both devices
  * offer. With it, ring and buffer addresses are IOVAs that only the VMM's answers to the
- * device's IOTLB misses translate, and this guest answers none, so no chain would move;
- * vnzc_iotlb drives that protocol, and vnzc_abi checks that both accept the bit.
+ * device's IOTLB misses translate, and this guest answers none, so no chain would move
+ * (vnzc_iotlb drives that protocol). The differential case moves no data: there, random
+ * features may turn the device IOTLB on, and its messages are fuzzed (OP_IOTLB_MSG).
  */
-static uint64_t diff_feature_mask(void)
+static uint64_t diff_feature_mask(const struct ctx *c)
 {
-	return 1ULL << VIRTIO_F_ACCESS_PLATFORM;
+	return c->ep->ndev == 2 ? 0 : 1ULL << VIRTIO_F_ACCESS_PLATFORM;
 }
 
 /* Random feature bits: mostly offered ones, sometimes bits nobody offers. */
@@ -948,12 +1037,14 @@ static uint64_t random_features(struct ctx *c)
 		f |= 1ULL << PICK(&c->r, 50, 55, 63, 1, 2, 5);
 	if (chance(&c->r, 5))
 		f = rnd(&c->r);
+	if (c->ep->ndev == 2 && chance(&c->r, 30))
+		f |= 1ULL << VIRTIO_F_ACCESS_PLATFORM;
 	/*
 	 * Nor VIRTIO_F_IN_ORDER, offered by both: this guest places chains anywhere in the
 	 * descriptor table, which that feature forbids (the device then takes descriptors in
 	 * table order, not the heads posted), so the oracle would not hold.
 	 */
-	return f & ~(diff_feature_mask() | (1ULL << VIRTIO_F_IN_ORDER));
+	return f & ~(diff_feature_mask(c) | (1ULL << VIRTIO_F_IN_ORDER));
 }
 
 struct mt {
@@ -1164,7 +1255,7 @@ static int set_backend(struct ctx *c, int vq, int which)
 static void full_setup(struct ctx *c)
 {
 	struct episode *ep = c->ep;
-	uint64_t f = pick_features(c) & ~diff_feature_mask();
+	uint64_t f = pick_features(c) & ~(1ULL << VIRTIO_F_ACCESS_PLATFORM);
 	uint64_t p[8];
 	int __last_e;
 
@@ -1858,6 +1949,9 @@ static void run_op(struct ctx *c, enum op op)
 		break;
 	case OP_CLOSE_REOPEN:
 		op_close_reopen(c, d);
+		break;
+	case OP_IOTLB_MSG:
+		op_iotlb_msg(c);
 		break;
 	case OP_FORK:
 		op_fork(c);
