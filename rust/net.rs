@@ -1083,9 +1083,7 @@ impl VhostNetZc {
     /// - some buffer could not be offlined (it stays in flight): `EOPNOTSUPP` for memory
     ///   that cannot be offlined, `EBUSY` for a page that may be pinned for DMA, `ENOMEM`
     ///   when memory ran short (the call may be repeated), `EINTR` if the caller was
-    ///   killed;
-    /// - `EAGAIN`: a device IOTLB has no translation for the TX ring yet; the device asked
-    ///   for it (a miss message), and the call may be repeated once the VMM answered.
+    ///   killed.
     fn vm_reset(&self, arg: UserPtr) -> Result<isize> {
         let flags: u32 = UserSlice::new(arg, size_of::<u32>()).reader().read()?;
         if flags != 0 {
@@ -1100,16 +1098,16 @@ impl VhostNetZc {
         let vq = self.vhost.vq(TX as u32)?;
         let pool = &self.vhost.data().tx;
         let mut ledger = pool.ledger();
-        // Under a device IOTLB the heads need the used ring's translation, which the VMM,
-        // the caller, can only give once this returned (the prefetch asked for it).
-        if !vq.ring_translated() {
-            return Err(EAGAIN);
+        // Under a device IOTLB without a translation for the ring (the VMM, the caller,
+        // can give it only once this returned), the buffers are offlined all the same, the
+        // guest being about to reuse their memory, and their heads dropped.
+        let ring = vq.ring_translated().then_some(&vq);
+        if let Some(vq) = ring {
+            verify_ring(vq, &mut ledger);
+            return_completed(vq, pool, &mut ledger);
         }
-        verify_ring(&vq, &mut ledger);
-        return_completed(&vq, pool, &mut ledger);
         let victims = pool.victims(&ledger, true);
-        let refused =
-            reset::offline_and_return(Some(&vq), &mut ledger, &mm, &victims, Mode::Discard);
+        let refused = reset::offline_and_return(ring, &mut ledger, &mm, &victims, Mode::Discard);
         ledger.record_reset_wait(zerocopy::now() - start);
         match refused.error {
             None if refused.count == 0 => Ok(0),

@@ -56,7 +56,8 @@ use crate::{
 ///   [`crate::offline`]) stay in flight.
 ///
 /// Heads are written to the used ring only if the caller runs in the owner's address space,
-/// where the ring is; otherwise the offlined buffers' heads are dropped like abandoned ones.
+/// where the ring is, and a device IOTLB, if there is one, translates the ring; otherwise
+/// the offlined buffers' heads are dropped like abandoned ones.
 pub(crate) fn settle(dev: &DevGuard<'_, NetState, NVQS>) {
     let pool = &dev.device().data().tx;
     let start = zerocopy::now();
@@ -73,22 +74,13 @@ pub(crate) fn settle(dev: &DevGuard<'_, NetState, NVQS>) {
     let Ok(vq) = dev.device().vq(TX as u32) else {
         return;
     };
-    let ring = dev.caller_is_owner_mm().then_some(&vq);
+    // Under a device IOTLB the ring may have no translation (QEMU's system_reset
+    // invalidates the vIOMMU's mappings before it stops vhost; the prefetch asked the VMM,
+    // the caller, for them): the heads are then dropped like a non-owner's, but the
+    // buffers are offlined all the same, since the guest reuses their memory next.
+    let ring = (dev.caller_is_owner_mm() && vq.ring_translated()).then_some(&vq);
     let mut ledger = pool.ledger();
     if let Some(vq) = ring {
-        // Under a device IOTLB without a translation for the ring (the prefetch asked the
-        // VMM, the caller, for it), no head can be written now: the buffers stay in flight,
-        // returned by the TX handler or abandoned by an owner reset, rather than offlined
-        // with their heads lost.
-        if !vq.ring_translated() {
-            vhost::debug(
-                c"TX: reset with the ring untranslated: buffers left in flight",
-                pool.inflight() as isize,
-                0,
-            );
-            ledger.record_reset_wait(zerocopy::now() - start);
-            return;
-        }
         net::verify_ring(vq, &mut ledger);
         net::return_completed(vq, pool, &mut ledger);
     }

@@ -272,6 +272,31 @@ TEST_F_TIMEOUT(off_iotlb, invalidated_then_reset_preserves, 120)
 }
 
 /*
+ * QEMU's system_reset with a vIOMMU: the vIOMMU's reset takes every mapping back, the TX
+ * ring's too, before vhost is stopped. The reset cannot write the heads then (the VMM
+ * that would answer the miss is the caller), but it must still offline the buffers: the
+ * guest reuses their memory next. Its writes must not reach the held packets.
+ */
+TEST_F_TIMEOUT(off_iotlb, ring_invalidated_then_reset_preserves, 120)
+{
+	struct vg_guest *g = &self->e.g;
+	struct frames f;
+	long t0, waited;
+
+	send_held(_metadata, g, &f, 4, 90);
+	EXPECT_EQ(4, WAIT_STAT(g, in_flight_expired, 4, TIMEOUT_MS + 3000));
+	ASSERT_EQ(0, vg_iotlb_msg(g, VHOST_IOTLB_INVALIDATE, VG_IOVA_BASE, g->mem_size, NULL, 0));
+	t0 = now_ms();
+	ASSERT_EQ(0, vg_set_backend(g, VG_TX, -1));
+	waited = now_ms() - t0;
+	TH_LOG("SET_BACKEND -1 with the ring untranslated took %ld ms", waited);
+	EXPECT_GT(TIMEOUT_MS + BOUND_MS, waited);
+	EXPECT_EQ(4, STAT(g, offlined)) TH_LOG("buffers left in guest memory the guest reuses");
+	expect_preserved(_metadata, &f);
+	scribble_release_check(_metadata, &self->e, &f);
+}
+
+/*
  * A VM reset (discard mode) during a migration (VHOST_F_LOG_ALL), with a device IOTLB: the
  * pages it zeroed changed without a descriptor saying so and must reach the dirty log,
  * which the vhost core writes by the VMM's address under an IOTLB, not the guest's (as
