@@ -13,7 +13,11 @@
  *       -netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=on,vhostfd=3
  *
  * DEVICE is /dev/vhost-net-zc unless given; with -d /dev/vhost-net (stock) neither -t nor
- * -r may be given.
+ * -r may be given. A multiqueue NIC takes one device per queue pair: chain the command,
+ * each one opening a device on its own descriptor,
+ *
+ *   vhost-net-zc-exec -t 200 3 vhost-net-zc-exec -t 200 4 qemu-system-x86_64 ... \
+ *       -netdev tap,id=n0,ifname=tap0,queues=2,vhost=on,vhostfds=3:4
  */
 #include <errno.h>
 #include <fcntl.h>

@@ -59,7 +59,8 @@ esac
 planned=$(( ${#PLAN_CASES[@]} + 2 * ${#VNT_FLAGS[@]} ))
 for h in "${PLAN_HARNESSES[@]}"; do
 	case $h in
-	vnzc_qemu) planned=$(( planned + $(harness_cases "$TESTS/vnzc_qemu.py") )) ;;
+	# shellcheck disable=SC2086 # the extra arguments (--devices) are words
+	vnzc_qemu) planned=$(( planned + $("$TESTS/vnzc_qemu.py" --count ${VNZC_QEMU_ARGS:-}) )) ;;
 	*) planned=$(( planned + $(harness_cases "$TESTS/$h") )) ;;
 	esac
 done

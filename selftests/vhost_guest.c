@@ -19,6 +19,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <linux/if_tun.h>
+#include <linux/if_packet.h>
+#include <arpa/inet.h>
+#include <sys/time.h>
 
 #include "vhost_guest.h"
 
@@ -638,4 +641,30 @@ long vg_iotlb_stop(struct vg_guest *g)
 	free(s);
 	g->server = NULL;
 	return served;
+}
+
+int vg_packet_socket(const char *ifname, uint16_t ethertype, int *ifindex)
+{
+	struct sockaddr_ll sll = {
+		.sll_family = AF_PACKET,
+		.sll_protocol = htons(ethertype),
+		.sll_ifindex = (int)if_nametoindex(ifname),
+	};
+	struct timeval tv = { .tv_sec = 5 };
+	int fd;
+
+	if (!sll.sll_ifindex)
+		return -ENODEV;
+	fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ethertype));
+	if (fd < 0)
+		return -errno;
+	if (bind(fd, (struct sockaddr *)&sll, sizeof(sll)) ||
+	    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv))) {
+		int e = errno;
+
+		close(fd);
+		return -e;
+	}
+	*ifindex = sll.sll_ifindex;
+	return fd;
 }

@@ -159,5 +159,11 @@ int vg_tap_open(char *name, size_t name_len);
 /* The tap device @name (created if it does not exist) with IFF_VNET_HDR: fd or -errno. */
 int vg_tap_attach(const char *name);
 int vg_link_up(const char *name);
+/*
+ * An AF_PACKET socket bound to interface @ifname for @ethertype, with a 5 s receive
+ * timeout: the test's end of the wire. Returns it (and the interface's index in *@ifindex)
+ * or -errno.
+ */
+int vg_packet_socket(const char *ifname, uint16_t ethertype, int *ifindex);
 
 #endif /* VHOST_GUEST_H */

@@ -92,8 +92,6 @@ static int macvtap_open(struct __test_metadata *_metadata)
 
 FIXTURE_SETUP(net)
 {
-	struct sockaddr_ll sll = { .sll_family = AF_PACKET };
-	struct timeval tv = { .tv_sec = 5 };
 	int r;
 
 	self->pkt = -1;
@@ -105,15 +103,8 @@ FIXTURE_SETUP(net)
 		ASSERT_LE(0, self->tap_fd) TH_LOG("tap: %s", strerror(-self->tap_fd));
 		ASSERT_EQ(0, vg_link_up(self->tap));
 	}
-	self->ifindex = if_nametoindex(self->tap);
-	ASSERT_NE(0, self->ifindex);
-
-	self->pkt = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(TEST_ETHERTYPE));
-	ASSERT_LE(0, self->pkt);
-	sll.sll_protocol = htons(TEST_ETHERTYPE);
-	sll.sll_ifindex = self->ifindex;
-	ASSERT_EQ(0, bind(self->pkt, (struct sockaddr *)&sll, sizeof(sll)));
-	ASSERT_EQ(0, setsockopt(self->pkt, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)));
+	self->pkt = vg_packet_socket(self->tap, TEST_ETHERTYPE, &self->ifindex);
+	ASSERT_LE(0, self->pkt) TH_LOG("packet socket: %s", strerror(-self->pkt));
 
 	ASSERT_EQ(0, vg_open(&self->g, variant->dev, 1 << 20));
 	r = vg_setup(&self->g, 1ULL << VIRTIO_F_VERSION_1, RING);

@@ -69,21 +69,12 @@ FIXTURE_VARIANT_ADD(iotlb, zc_v1) {
 /* The tap, a packet socket on it, and the device opened (not set up: each test does). */
 FIXTURE_SETUP(iotlb)
 {
-	struct sockaddr_ll sll = { .sll_family = AF_PACKET };
-	struct timeval tv = { .tv_sec = 5 };
-
 	self->pkt = -1;
 	self->tap_fd = vg_tap_open(self->tap, sizeof(self->tap));
 	ASSERT_LE(0, self->tap_fd) TH_LOG("tap: %s", strerror(-self->tap_fd));
 	ASSERT_EQ(0, vg_link_up(self->tap));
-	self->ifindex = if_nametoindex(self->tap);
-	ASSERT_NE(0, self->ifindex);
-	self->pkt = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(TEST_ETHERTYPE));
-	ASSERT_LE(0, self->pkt);
-	sll.sll_protocol = htons(TEST_ETHERTYPE);
-	sll.sll_ifindex = self->ifindex;
-	ASSERT_EQ(0, bind(self->pkt, (struct sockaddr *)&sll, sizeof(sll)));
-	ASSERT_EQ(0, setsockopt(self->pkt, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)));
+	self->pkt = vg_packet_socket(self->tap, TEST_ETHERTYPE, &self->ifindex);
+	ASSERT_LE(0, self->pkt) TH_LOG("packet socket: %s", strerror(-self->pkt));
 	ASSERT_EQ(0, vg_open(&self->g, variant->dev, MEM_SIZE));
 	self->g.iotlb_v1 = variant->v1;
 }

@@ -9,7 +9,23 @@ opened and configured by samples/vhost-net-zc-exec. The host end is the stall fi
 selftests/lib_vm.sh: tap vnzctap in bridge vnzcbr (10.77.0.1/24), whose other port, dummy
 vnzcd0 with a plug qdisc, receives every frame for 02:00:00:00:00:d0.
 
-Two test points per device:
+The configurations (--devices):
+
+zc              /dev/vhost-net-zc, one queue pair;
+stock           stock /dev/vhost-net with experimental_zcopytx=1, one queue pair;
+zc_viommu       /dev/vhost-net-zc behind a vIOMMU, as a guest with its IOMMU on uses it:
+                q35, `-device intel-iommu,intremap=on,device-iotlb=on`, the NIC behind a
+                PCIe root port with `iommu_platform=on,ats=on`, the guest booted with
+                intel_iommu=on; QEMU acknowledges VIRTIO_F_ACCESS_PLATFORM and serves the
+                device IOTLB through the device file (poll, read, write);
+zc_mq_in_order  /dev/vhost-net-zc with two queue pairs (`queues=2,vhostfds=3:4`, two
+                devices, a multiqueue tap, a guest with 2 CPUs) and `in_order=on`.
+
+For each but the first two, QEMU's view of what it acknowledged to the kernel
+(`x-query-virtio-status`: the vhost device's acked features) must hold the feature the
+configuration is about, and the guest's view of the NIC (its sysfs features) too.
+
+Two test points per configuration:
 
 <dev>.traffic       the guest boots, pings the host (no loss), sends and receives a bulk
                     payload over TCP, checksummed at both ends; on vhost-net-zc the
@@ -42,6 +58,19 @@ STALL_MAC = bytes.fromhex("0200000000d0")
 STALL_COUNT = 8
 STALL_SIZE = 1000
 STALL_PORT = 9
+VIRTIO_F_ACCESS_PLATFORM = 33
+VIRTIO_F_IN_ORDER = 35
+VIRTIO_NET_F_MQ = 22
+
+# The configurations: the device, and what QEMU and the guest are given (see above).
+CONFIGS = {
+    "zc": {"dev": "/dev/vhost-net-zc"},
+    "stock": {"dev": "/dev/vhost-net"},
+    "zc_viommu": {"dev": "/dev/vhost-net-zc", "viommu": True,
+                  "features": [VIRTIO_F_ACCESS_PLATFORM]},
+    "zc_mq_in_order": {"dev": "/dev/vhost-net-zc", "queues": 2, "in_order": True,
+                       "features": [VIRTIO_F_IN_ORDER]},
+}
 SO_RCVBUFFORCE = 33  # <asm-generic/socket.h>; not exported by Python's socket module
 
 
@@ -222,9 +251,10 @@ class Capture:
 class Vmm:
     """QEMU with the guest, its serial console in a file, QMP on a Unix socket."""
 
-    def __init__(self, args, device, name, work):
+    def __init__(self, args, name, work):
         self.args = args
-        self.device = device
+        self.config = CONFIGS[name]
+        self.device = self.config["dev"]
         self.name = name
         self.serial = os.path.join(work, f"serial-{name}.log")
         self.qmp_path = os.path.join(work, f"qmp-{name}.sock")
@@ -234,17 +264,38 @@ class Vmm:
         for p in (self.serial, self.qmp_path):
             if os.path.exists(p):
                 os.unlink(p)
-        cmd = [args.exec, "-d", device]
-        if args.timeout_ms and device.endswith("-zc"):
-            cmd += ["-t", str(args.timeout_ms)]
-        cmd += ["3", args.qemu, "-accel", "tcg", "-m", "256M", "-smp", "1",
-                "-nodefaults", "-no-user-config", "-display", "none",
+        queues = self.config.get("queues", 1)
+        cmd = []
+        # One vhost device per queue pair, each opened and set up by vhost-net-zc-exec on
+        # its descriptor (3, 4, ...), the next exec running inside the previous one.
+        for q in range(queues):
+            cmd += [args.exec, "-d", self.device]
+            if args.timeout_ms and self.device.endswith("-zc"):
+                cmd += ["-t", str(args.timeout_ms)]
+            cmd += [str(3 + q)]
+        append = "console=ttyS0 panic=-1 quiet"
+        netdev = f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=on"
+        nic = "virtio-net-pci,id=nic0,netdev=n0,mac=52:54:00:77:00:02,romfile="
+        machine = []
+        if queues > 1:
+            netdev += f",queues={queues},vhostfds=" + ":".join(str(3 + q) for q in range(queues))
+            nic += f",mq=on,vectors={2 * queues + 2}"
+        else:
+            netdev += ",vhostfd=3"
+        if self.config.get("in_order"):
+            nic += ",in_order=on"
+        if self.config.get("viommu"):
+            machine = ["-machine", "q35", "-device", "intel-iommu,intremap=on,device-iotlb=on",
+                       "-device", "pcie-root-port,id=rp0,chassis=1"]
+            nic += ",bus=rp0,iommu_platform=on,ats=on,disable-legacy=on"
+            append += " intel_iommu=on"
+        cmd += [args.qemu, "-accel", "tcg", "-m", "256M", "-smp", str(queues),
+                "-nodefaults", "-no-user-config", "-display", "none", *machine,
                 "-kernel", args.kernel, "-initrd", args.initrd,
-                "-append", "console=ttyS0 panic=-1 quiet",
+                "-append", append,
                 "-serial", f"file:{self.serial}",
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
-                "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=on,vhostfd=3",
-                "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:02,romfile="]
+                "-netdev", netdev, "-device", nic]
         diag(" ".join(cmd))
         self.started = now()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -289,14 +340,17 @@ class Vmm:
                     self.replies.append(msg)
                 self.cond.notify_all()
 
-    def send(self, name):
+    def send(self, name, arguments=None):
         """Sends a QMP command without waiting for its reply."""
-        self.qmp.sendall(json.dumps({"execute": name}).encode() + b"\n")
+        msg = {"execute": name}
+        if arguments:
+            msg["arguments"] = arguments
+        self.qmp.sendall(json.dumps(msg).encode() + b"\n")
 
-    def command(self, name, timeout=60):
+    def command(self, name, timeout=60, arguments=None):
         with self.cond:
             n = len(self.replies)
-        self.send(name)
+        self.send(name, arguments)
         with self.cond:
             self.cond.wait_for(lambda: len(self.replies) > n, timeout)
             check(len(self.replies) > n, f"QMP {name}: no reply in {timeout} s")
@@ -345,16 +399,38 @@ class Vmm:
         return out
 
     def stats(self):
-        """vhost-net-zc's counters for this QEMU's device (debugfs), or {}."""
+        """vhost-net-zc's counters for this QEMU's devices (debugfs), summed, or {}."""
         base = "/sys/kernel/debug/vhost-net-zc"
         try:
             dirs = [d for d in os.listdir(base) if d.startswith(f"{self.proc.pid}-")]
         except OSError:
             return {}
-        if not dirs:
-            return {}
-        with open(os.path.join(base, dirs[0], "stats")) as f:
-            return {k: int(v) for k, v in (l.split(": ") for l in f.read().splitlines())}
+        total = {}
+        for d in dirs:
+            with open(os.path.join(base, d, "stats")) as f:
+                for k, v in (l.split(": ") for l in f.read().splitlines()):
+                    # The settings (timeout_ms, reclaim) are the same on every device.
+                    total[k] = int(v) if k in ("timeout_ms", "reclaim") \
+                        else total.get(k, 0) + int(v)
+        return total
+
+    def devices(self):
+        """How many vhost-net-zc devices this QEMU has open (debugfs directories)."""
+        try:
+            return len([d for d in os.listdir("/sys/kernel/debug/vhost-net-zc")
+                        if d.startswith(f"{self.proc.pid}-")])
+        except OSError:
+            return 0
+
+    def acked_features(self):
+        """The features QEMU acknowledged to the kernel's vhost device, and the guest's."""
+        r = self.command("x-query-virtio-status",
+                         arguments={"path": "/machine/peripheral/nic0/virtio-backend"})
+        check("return" in r, f"x-query-virtio-status: {r.get('error')}")
+        status = r["return"]
+        vhost = status.get("vhost-dev") or {}
+        return feature_bits(vhost.get("acked-features")), \
+            feature_bits(status.get("guest-features"))
 
     def quit(self):
         try:
@@ -372,6 +448,33 @@ class Vmm:
             diag(f"QEMU said: {out}")
 
 
+def feature_bits(decoded):
+    """The bit numbers in QEMU's decoded feature list ('VIRTIO_F_IN_ORDER: ...' entries),
+    as far as this test needs them."""
+    names = {"VIRTIO_F_IOMMU_PLATFORM": VIRTIO_F_ACCESS_PLATFORM,
+             "VIRTIO_F_ACCESS_PLATFORM": VIRTIO_F_ACCESS_PLATFORM,
+             "VIRTIO_F_IN_ORDER": VIRTIO_F_IN_ORDER, "VIRTIO_NET_F_MQ": VIRTIO_NET_F_MQ}
+    bits = set()
+    for group in ("transports", "dev-features"):
+        for entry in (decoded or {}).get(group, []):
+            name = entry.split(":")[0].strip()
+            if name in names:
+                bits.add(names[name])
+    return bits
+
+
+def set_tap(multi_queue):
+    """Makes the bridge's tap a multiqueue one (or a plain one again), as QEMU with
+    queues=N needs it. (Its bridge port forwards once QEMU has it open: a tap nobody has
+    open has no carrier.)"""
+    mq = ["multi_queue"] if multi_queue else []
+    subprocess.run(["ip", "link", "del", TAP], check=True)
+    subprocess.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap", "vnet_hdr", *mq],
+                   check=True)
+    subprocess.run(["ip", "link", "set", TAP, "master", "vnzcbr"], check=True)
+    subprocess.run(["ip", "link", "set", TAP, "up"], check=True)
+
+
 def tc_plug(mode):
     subprocess.run(["tc", "qdisc", "change", "dev", DUMMY, "root", "plug", mode], check=True)
 
@@ -385,6 +488,18 @@ def traffic(args, vmm, control):
     diag(f"{vmm.name}: guest up {boot:.1f} s after QEMU started ({line})")
     vmm.boot = boot
     vmm.connect_qmp()
+    wanted = vmm.config.get("features", [])
+    if wanted:
+        acked, guest = vmm.acked_features()
+        diag(f"{vmm.name}: acknowledged to the vhost device {sorted(acked)}, "
+             f"by the guest {sorted(guest)} (of the bits this test looks at)")
+        for bit in wanted:
+            check(bit in guest, f"the guest did not negotiate feature {bit}")
+            check(bit in acked, f"QEMU did not acknowledge feature {bit} to the kernel")
+    queues = vmm.config.get("queues", 1)
+    if vmm.device.endswith("-zc"):
+        check(vmm.devices() == queues,
+              f"{vmm.devices()} vhost-net-zc devices open, {queues} expected")
     size = args.bulk_mib << 20
     rx = Transfer(5001, size, send=False)
     tx = Transfer(5002, size, send=True)
@@ -498,8 +613,11 @@ def stall_reset(args, vmm, control, boot):
         tc_plug("release_indefinite")
 
 
-def run_device(args, device, name, control, results):
-    vmm = Vmm(args, device, name, args.work)
+def run_device(args, name, control, results):
+    mq = CONFIGS[name].get("queues", 1) > 1
+    if mq:
+        set_tap(True)
+    vmm = Vmm(args, name, args.work)
     try:
         try:
             traffic(args, vmm, control)
@@ -520,6 +638,8 @@ def run_device(args, device, name, control, results):
         if not all(ok for ok, n, _ in results if n.startswith(name + ".")):
             diag("the guest's console, last lines:\n" +
                  "\n".join(vmm.console().strip().splitlines()[-15:]))
+        if mq:
+            set_tap(False)
 
 
 def make_initrd(args):
@@ -550,7 +670,8 @@ def main():
     ap.add_argument("--kernel", help="the guest's bzImage (required unless --count)")
     ap.add_argument("--count", action="store_true",
                     help="print how many test points a run reports, and exit (the plan)")
-    ap.add_argument("--devices", default="zc,stock", help="zc, stock or both (zc,stock)")
+    ap.add_argument("--devices", default="zc,stock,zc_viommu,zc_mq_in_order",
+                    help="the configurations to run, comma-separated: " + ", ".join(CONFIGS))
     ap.add_argument("--bulk-mib", type=int, default=32)
     ap.add_argument("--timeout-ms", type=int, default=300,
                     help="vhost-net-zc's deadline, set through its UAPI")
@@ -572,6 +693,9 @@ def main():
     args = ap.parse_args()
 
     devices = [d for d in args.devices.split(",") if d]
+    unknown = [d for d in devices if d not in CONFIGS]
+    if unknown:
+        ap.error(f"unknown configuration {', '.join(unknown)}")
     if args.count:
         print(2 * len(devices))
         return 0
@@ -585,8 +709,7 @@ def main():
     results = []
     try:
         for d in devices:
-            path = {"zc": "/dev/vhost-net-zc", "stock": "/dev/vhost-net"}[d]
-            run_device(args, path, d, control, results)
+            run_device(args, d, control, results)
     finally:
         control.close()
         if args.keep:
