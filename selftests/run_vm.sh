@@ -59,8 +59,9 @@ esac
 planned=$(( ${#PLAN_CASES[@]} + 2 * ${#VNT_FLAGS[@]} ))
 for h in "${PLAN_HARNESSES[@]}"; do
 	case $h in
-	# shellcheck disable=SC2086 # the extra arguments (--devices) are words
-	vnzc_qemu) planned=$(( planned + $("$TESTS/vnzc_qemu.py" --count ${VNZC_QEMU_ARGS:-}) )) ;;
+	vnzc_qemu)
+		# shellcheck disable=SC2086 # the extra arguments (--devices) are words
+		planned=$(( planned + $("$TESTS/vnzc_qemu.py" --count ${VNZC_QEMU_ARGS:-}) )) ;;
 	*) planned=$(( planned + $(harness_cases "$TESTS/$h") )) ;;
 	esac
 done

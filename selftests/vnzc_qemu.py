@@ -18,8 +18,9 @@ zc_viommu       /dev/vhost-net-zc behind a vIOMMU, as a guest with its IOMMU on 
                 PCIe root port with `iommu_platform=on,ats=on`, the guest booted with
                 intel_iommu=on; QEMU acknowledges VIRTIO_F_ACCESS_PLATFORM and serves the
                 device IOTLB through the device file (poll, read, write);
-zc_mq_in_order  /dev/vhost-net-zc with two queue pairs (`queues=2,vhostfds=3:4`, two
-                devices, a multiqueue tap, a guest with 2 CPUs) and `in_order=on`.
+zc_mq_in_order  /dev/vhost-net-zc with two queue pairs (`fds=100:101,vhostfds=3:4`: two
+                devices, two queues of a multiqueue tap, a guest with 2 CPUs) and
+                `in_order=on`.
 
 For each but the first two, QEMU's view of what it acknowledged to the kernel
 (`x-query-virtio-status`: the vhost device's acked features) must hold the feature the
@@ -40,12 +41,14 @@ Two test points per configuration:
 """
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -277,8 +280,13 @@ class Vmm:
         netdev = f"tap,id=n0,ifname={TAP},script=no,downscript=no,vhost=on"
         nic = "virtio-net-pci,id=nic0,netdev=n0,mac=52:54:00:77:00:02,romfile="
         machine = []
+        self.tap_fds = []
         if queues > 1:
-            netdev += f",queues={queues},vhostfds=" + ":".join(str(3 + q) for q in range(queues))
+            # QEMU takes vhostfds= only with the tap's queues as fds=: opened here, one per
+            # queue pair, on descriptors above those of the vhost devices.
+            self.tap_fds = tap_queues(queues, 100)
+            netdev = (f"tap,id=n0,fds={':'.join(map(str, self.tap_fds))},vhost=on,"
+                      "vhostfds=" + ":".join(str(3 + q) for q in range(queues)))
             nic += f",mq=on,vectors={2 * queues + 2}"
         else:
             netdev += ",vhostfd=3"
@@ -299,7 +307,9 @@ class Vmm:
         diag(" ".join(cmd))
         self.started = now()
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, pass_fds=self.tap_fds)
+        for fd in self.tap_fds:
+            os.close(fd)
         self.qmp = None
         self.boot = None
         self.last_console = ""
@@ -461,6 +471,20 @@ def feature_bits(decoded):
             if name in names:
                 bits.add(names[name])
     return bits
+
+
+def tap_queues(n, first):
+    """Opens n queues of the multiqueue tap, on descriptors first, first + 1, ..."""
+    tunsetiff = 0x400454CA
+    flags = 0x0002 | 0x1000 | 0x4000 | 0x0100  # IFF_TAP, IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE
+    fds = []
+    for q in range(n):
+        fd = os.open("/dev/net/tun", os.O_RDWR)
+        fcntl.ioctl(fd, tunsetiff, struct.pack("16sH22x", TAP.encode(), flags))
+        os.dup2(fd, first + q)
+        os.close(fd)
+        fds.append(first + q)
+    return fds
 
 
 def set_tap(multi_queue):
