@@ -123,9 +123,9 @@ impl<T: FileOps> Registration<T> {
                 misc.fops = &VTable::<T>::FOPS;
                 // SAFETY: The initialiser may write the slot.
                 unsafe { slot.write(misc) };
+                // INVARIANT: registered with `VTable<T>`'s operations on success.
                 // SAFETY: The slot holds a `miscdevice` with a name and file operations that
                 // are `'static`; it is pinned, and deregistered before it is freed (`Drop`).
-                // INVARIANT: registered with `VTable<T>`'s operations on success.
                 to_result(unsafe { bindings::misc_register(slot) })
             }),
             _ops: PhantomData,
